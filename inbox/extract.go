@@ -1,0 +1,164 @@
+package inbox
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// DefaultHeader is the header that carries a message's idempotency token
+// unless configured otherwise. The outbox sets it on every message it
+// publishes, so downstream consumers dedup relay repeats with no
+// configuration.
+const DefaultHeader = "Idempotency-Key"
+
+// TokenSource finds the idempotency token of a Kafka message. It returns an
+// error wrapping ErrNoToken when the message has none, and never panics.
+type TokenSource interface {
+	Token(m kafka.Message) (Token, error)
+}
+
+// TokenSourceFunc adapts a function to a TokenSource.
+type TokenSourceFunc func(m kafka.Message) (Token, error)
+
+// Token calls f.
+func (f TokenSourceFunc) Token(m kafka.Message) (Token, error) { return f(m) }
+
+// FromHeader reads the token from the first header named name, compared
+// case-insensitively as HTTP header names are. An empty name means
+// DefaultHeader.
+func FromHeader(name string) TokenSource {
+	if name == "" {
+		name = DefaultHeader
+	}
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		v, ok := header(m, name)
+		if !ok {
+			return Token{}, fmt.Errorf("%w: header %q absent", ErrNoToken, name)
+		}
+		t, err := ParseToken(string(v))
+		if err != nil {
+			return Token{}, fmt.Errorf("header %q: %w", name, err)
+		}
+		return t, nil
+	})
+}
+
+// FromCloudEvents reads the token of a CloudEvents binary-mode Kafka message:
+// the ce_id header, qualified by ce_source when present, since the CloudEvents
+// specification makes an id unique only within its source.
+func FromCloudEvents() TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		id, ok := header(m, "ce_id")
+		if !ok || len(id) == 0 {
+			return Token{}, fmt.Errorf("%w: header \"ce_id\" absent", ErrNoToken)
+		}
+		tok := string(id)
+		if src, ok := header(m, "ce_source"); ok && len(src) > 0 {
+			// A newline cannot occur in a URI-reference, so the pair is
+			// unambiguous.
+			tok = string(src) + "\n" + tok
+		}
+		t, err := ParseToken(tok)
+		if err != nil {
+			return Token{}, fmt.Errorf("ce_id: %w", err)
+		}
+		return t, nil
+	})
+}
+
+// FromKey uses the message key as the token: right when each key names one
+// logical event (an order id for "order placed"), wrong when a key carries
+// many events (an account id).
+func FromKey() TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		if len(m.Key) == 0 {
+			return Token{}, fmt.Errorf("%w: message has no key", ErrNoToken)
+		}
+		t, err := ParseToken(string(m.Key))
+		if err != nil {
+			return Token{}, fmt.Errorf("key: %w", err)
+		}
+		return t, nil
+	})
+}
+
+// FromContentHash uses the SHA-256 of the key and value as the token: two
+// messages with the same key and bytes are one message. Use it only when
+// identical content can never be a legitimately repeated event.
+func FromContentHash() TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		h := sha256.New()
+		var n [8]byte
+		putLen(n[:], len(m.Key))
+		h.Write(n[:])
+		h.Write(m.Key)
+		h.Write(m.Value)
+		return DigestToken(h.Sum(nil))
+	})
+}
+
+func putLen(b []byte, n int) {
+	for i := range b {
+		b[i] = byte(n >> (8 * (7 - i)))
+	}
+}
+
+// FromOffset uses the message's topic, partition and offset as the token.
+// It protects only against redelivery of the same log entry (a crash before
+// the offset commit, a rebalance); a producer that sends a message twice
+// writes two offsets, and both are processed. Prefer a token the producer
+// chooses.
+func FromOffset() TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		if m.Topic == "" {
+			return Token{}, fmt.Errorf("%w: message has no topic", ErrNoToken)
+		}
+		return ParseToken(m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10))
+	})
+}
+
+// FromFunc derives the token from a string that fn computes, such as a field
+// of the decoded payload. An empty string means the message has no token.
+func FromFunc(fn func(m kafka.Message) (string, error)) TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		s, err := fn(m)
+		if err != nil {
+			return Token{}, fmt.Errorf("%w: %w", ErrNoToken, err)
+		}
+		return ParseToken(s)
+	})
+}
+
+// FirstOf tries each source in turn and returns the first token found. A
+// source that finds a token that is invalid stops the search: falling back
+// from a bad token to a weaker one would hide the producer's mistake.
+func FirstOf(sources ...TokenSource) TokenSource {
+	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+		var errs []string
+		for _, s := range sources {
+			t, err := s.Token(m)
+			if err == nil {
+				return t, nil
+			}
+			if !errors.Is(err, ErrNoToken) {
+				return Token{}, err
+			}
+			errs = append(errs, strings.TrimPrefix(err.Error(), ErrNoToken.Error()+": "))
+		}
+		return Token{}, fmt.Errorf("%w: %s", ErrNoToken, strings.Join(errs, "; "))
+	})
+}
+
+func header(m kafka.Message, name string) ([]byte, bool) {
+	for _, h := range m.Headers {
+		if strings.EqualFold(h.Key, name) {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}

@@ -1,0 +1,23 @@
+-- Claim a batch of distinct tokens in one round trip. A token that is new is
+-- inserted and reported fresh. A token already committed is reported with the
+-- row that holds it. A token being claimed by a transaction still in flight
+-- makes this statement wait on the primary key until that transaction ends:
+-- a commit makes it a duplicate, a rollback lets this insert win.
+WITH input AS (
+	SELECT *
+	FROM unnest($2::bytea[], $3::bytea[], $4::text[], $5::int4[], $6::int8[])
+		AS i(token, fingerprint, kafka_topic, kafka_partition, kafka_offset)
+), inserted AS (
+	INSERT INTO {{.Table}} AS t (scope, token, fingerprint, kafka_topic, kafka_partition, kafka_offset)
+	SELECT $1, token, fingerprint, NULLIF(kafka_topic, ''), NULLIF(kafka_partition, -1), NULLIF(kafka_offset, -1)
+	FROM input
+	ON CONFLICT DO NOTHING
+	RETURNING t.token
+)
+SELECT i.token,
+	ins.token IS NOT NULL AS fresh,
+	e.token IS NOT NULL AS seen,
+	e.fingerprint, e.result, e.kafka_topic, e.kafka_partition, e.kafka_offset, e.processed_at
+FROM input i
+LEFT JOIN inserted ins ON ins.token = i.token
+LEFT JOIN {{.Table}} e ON ins.token IS NULL AND e.scope = $1 AND e.token = i.token
