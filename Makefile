@@ -1,0 +1,34 @@
+# Run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Where the tests find the services; `make services` starts them on these addresses.
+DATABASE_URL ?= postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=disable
+KAFKA_BROKERS ?= 127.0.0.1:9092
+export DATABASE_URL KAFKA_BROKERS
+
+GO ?= go
+TEST_FLAGS ?= -race -count=1 -timeout 20m
+
+.PHONY: help services services-down services-status test lint
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+services: ## Start PostgreSQL and Kafka locally, no Docker (idempotent; deploy/local/README.md)
+	deploy/local/services.sh up
+
+services-down: ## Stop local PostgreSQL and Kafka (data is kept)
+	deploy/local/services.sh down
+
+services-status: ## Show whether local PostgreSQL and Kafka run
+	deploy/local/services.sh status
+
+test: services ## Start the services, then go vet and all tests with -race
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+lint: ## gofmt check and go vet
+	@files="$$(gofmt -l .)"; \
+	if [ -n "$$files" ]; then echo "gofmt needed on:"; echo "$$files"; exit 1; fi
+	$(GO) vet ./...
