@@ -205,8 +205,9 @@ type Claimed struct {
 	// Stored is the result stored with SetResult by the transaction that
 	// first claimed the token, for a Duplicate or Conflict.
 	Stored []byte
-	// FirstSeen and ProcessedAt describe the first claim, for a Duplicate or
-	// Conflict found in the table.
+	// FirstSeen describes the first claim, for a Duplicate or Conflict.
+	// ProcessedAt is when it committed; it is zero for a token repeated
+	// within one batch.
 	FirstSeen   Origin
 	ProcessedAt time.Time
 }
@@ -251,7 +252,7 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 			return nil, fmt.Errorf("inbox: ClaimBatch: request %d: %w: zero Token", i, ErrNoToken)
 		}
 		if j, dup := first[r.Token]; dup {
-			out[i] = Claimed{Outcome: Duplicate}
+			out[i] = Claimed{Outcome: Duplicate, FirstSeen: reqs[j].Origin}
 			if fingerprintsDiffer(reqs[j].Fingerprint, r.Fingerprint) {
 				out[i].Outcome = Conflict
 			}

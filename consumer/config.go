@@ -1,0 +1,193 @@
+package consumer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/sqlname"
+)
+
+// Defaults of Config.
+const (
+	BatchSizeDefault         = 500
+	BatchWaitDefault         = 20 * time.Millisecond
+	MaxAttemptsDefault       = 5
+	RetryInitialDefault      = 100 * time.Millisecond
+	RetryMaxDefault          = 10 * time.Second
+	MaxMessageBytesDefault   = 1 << 20
+	DeadLetterTableDefault   = "dead_letters"
+	ShutdownTimeoutDefault   = 10 * time.Second
+	SessionTimeoutDefault    = 30 * time.Second
+	HeartbeatIntervalDefault = 3 * time.Second
+	FetchMaxWaitDefault      = 500 * time.Millisecond
+	StartupTimeoutDefault    = 10 * time.Second
+)
+
+// Config configures a Consumer. Brokers, GroupID, Topics and Pool are
+// required.
+type Config struct {
+	// Brokers are Kafka bootstrap addresses, host:port.
+	Brokers []string
+	// GroupID is the Kafka consumer group.
+	GroupID string
+	// Topics are consumed by the group.
+	Topics []string
+	// Pool runs the batch transactions.
+	Pool *pgxpool.Pool
+
+	// Inbox names the inbox table and scope. Scope defaults to GroupID, so
+	// two groups consuming one topic each apply every message once.
+	Inbox inbox.Config
+	// Token finds each message's idempotency token. Defaults to the
+	// Idempotency-Key header (inbox.FromHeader("")), which the outbox sets.
+	Token inbox.TokenSource
+	// DeadLetterTable is the dead-letter table, in the inbox's schema.
+	// Defaults to "dead_letters".
+	DeadLetterTable string
+
+	// BatchSize is the most messages of one partition processed in one
+	// transaction. Defaults to 500.
+	BatchSize int
+	// BatchWait is how long a batch waits to fill once its first message
+	// arrived. Defaults to 20ms.
+	BatchWait time.Duration
+	// MaxAttempts is how often a message's handler may fail before the
+	// message is dead-lettered. Defaults to 5; 1 dead-letters on the first
+	// failure.
+	MaxAttempts int
+	// RetryInitial and RetryMax bound the exponential backoff between
+	// retries, both of a failing message and of a batch that hit a database
+	// or Kafka outage (which is retried forever). Default to 100ms and 10s.
+	RetryInitial, RetryMax time.Duration
+	// MaxMessageBytes is the largest key plus value accepted; a larger
+	// message is dead-lettered as oversized, not handled. Defaults to 1 MiB.
+	MaxMessageBytes int
+
+	// StartOffset is where a group with no committed offset starts:
+	// kafka.FirstOffset or kafka.LastOffset. Defaults to kafka.FirstOffset.
+	StartOffset int64
+	// SessionTimeout and HeartbeatInterval are the group membership timers.
+	// A consumer that dies without leaving holds its partitions for
+	// SessionTimeout. Default to 30s and 3s.
+	SessionTimeout, HeartbeatInterval time.Duration
+	// FetchMaxWait is how long the broker may hold an empty fetch.
+	// Defaults to 500ms.
+	FetchMaxWait time.Duration
+	// ShutdownTimeout bounds how long Run spends finishing in-flight batches
+	// after its context ends; what is not committed to Postgres by then is
+	// rolled back and redelivered later. Defaults to 10s.
+	ShutdownTimeout time.Duration
+	// StartupTimeout bounds Run's initial checks that Postgres, the tables
+	// and Kafka are reachable. Defaults to 10s.
+	StartupTimeout time.Duration
+
+	// Logger receives structured logs. Defaults to slog.Default().
+	Logger *slog.Logger
+	// MeterProvider receives metrics. Defaults to a no-op provider.
+	MeterProvider metric.MeterProvider
+	// Dialer connects to Kafka (TLS, SASL). Defaults to kafka.DefaultDialer.
+	Dialer *kafka.Dialer
+}
+
+func (c Config) withDefaults() Config {
+	c.Inbox.Scope = cmp.Or(c.Inbox.Scope, c.GroupID)
+	c.Inbox.Schema = cmp.Or(c.Inbox.Schema, inbox.SchemaDefault)
+	if c.Token == nil {
+		c.Token = inbox.FromHeader("")
+	}
+	c.DeadLetterTable = cmp.Or(c.DeadLetterTable, DeadLetterTableDefault)
+	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
+	c.BatchWait = cmp.Or(c.BatchWait, BatchWaitDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryInitial = cmp.Or(c.RetryInitial, RetryInitialDefault)
+	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, MaxMessageBytesDefault)
+	c.StartOffset = cmp.Or(c.StartOffset, kafka.FirstOffset)
+	c.SessionTimeout = cmp.Or(c.SessionTimeout, SessionTimeoutDefault)
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, HeartbeatIntervalDefault)
+	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, FetchMaxWaitDefault)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
+	c.StartupTimeout = cmp.Or(c.StartupTimeout, StartupTimeoutDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Dialer == nil {
+		c.Dialer = kafka.DefaultDialer
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("consumer: Config.Brokers: at least one broker is required"))
+	}
+	for _, b := range c.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			errs = append(errs, fmt.Errorf("consumer: Config.Brokers: %q is not host:port: %w", b, err))
+		}
+	}
+	if c.GroupID == "" {
+		errs = append(errs, errors.New("consumer: Config.GroupID: required"))
+	}
+	if len(c.Topics) == 0 {
+		errs = append(errs, errors.New("consumer: Config.Topics: at least one topic is required"))
+	}
+	for _, t := range c.Topics {
+		if t == "" {
+			errs = append(errs, errors.New("consumer: Config.Topics: empty topic name"))
+		}
+	}
+	if c.Pool == nil {
+		errs = append(errs, errors.New("consumer: Config.Pool: required"))
+	}
+	if err := sqlname.Check("consumer: Config.DeadLetterTable", c.DeadLetterTable+"_scope_reason_idx"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BatchSize < 1 || c.BatchSize > inbox.MaxBatch {
+		errs = append(errs, fmt.Errorf("consumer: Config.BatchSize: %d is not in 1..%d", c.BatchSize, inbox.MaxBatch))
+	}
+	for name, d := range map[string]time.Duration{
+		"BatchWait": c.BatchWait, "RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax,
+		"SessionTimeout": c.SessionTimeout, "HeartbeatInterval": c.HeartbeatInterval,
+		"FetchMaxWait": c.FetchMaxWait, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("consumer: Config.%s: negative duration %v", name, d))
+		}
+	}
+	if c.RetryMax < c.RetryInitial {
+		errs = append(errs, fmt.Errorf("consumer: Config.RetryMax: %v is less than RetryInitial %v", c.RetryMax, c.RetryInitial))
+	}
+	if c.HeartbeatInterval >= c.SessionTimeout {
+		errs = append(errs, fmt.Errorf("consumer: Config.HeartbeatInterval: %v must be less than SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("consumer: Config.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))
+	}
+	if c.MaxMessageBytes < 1 {
+		errs = append(errs, fmt.Errorf("consumer: Config.MaxMessageBytes: must be positive, got %d", c.MaxMessageBytes))
+	}
+	if c.StartOffset != kafka.FirstOffset && c.StartOffset != kafka.LastOffset {
+		errs = append(errs, fmt.Errorf("consumer: Config.StartOffset: must be kafka.FirstOffset or kafka.LastOffset, got %d", c.StartOffset))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) deadLetterVars() map[string]string {
+	return map[string]string{
+		"Table":       pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable}.Sanitize(),
+		"Unique":      pgx.Identifier{c.DeadLetterTable + "_message_key"}.Sanitize(),
+		"ReasonIndex": pgx.Identifier{c.DeadLetterTable + "_scope_reason_idx"}.Sanitize(),
+	}
+}

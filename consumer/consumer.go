@@ -1,0 +1,304 @@
+package consumer
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/sqltmpl"
+	"github.com/exactlyhq/exactly/migrate"
+)
+
+// Message is a Kafka message handed to a handler, with its token.
+type Message struct {
+	kafka.Message
+	// Token is the message's idempotency token, already claimed.
+	Token inbox.Token
+	// Attempt counts handler invocations for this message, from 1.
+	Attempt int
+}
+
+// Handler applies one message's effects through tx, the transaction that
+// claimed its token. It must do all its database work through tx and must not
+// commit or roll it back.
+type Handler interface {
+	Handle(ctx context.Context, tx pgx.Tx, m Message) error
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, tx pgx.Tx, m Message) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, tx pgx.Tx, m Message) error { return f(ctx, tx, m) }
+
+// BatchHandler applies the effects of all fresh messages of a batch at once,
+// for handlers that write in bulk. Duplicates are already removed; msgs are
+// in partition order.
+type BatchHandler interface {
+	HandleBatch(ctx context.Context, tx pgx.Tx, msgs []Message) error
+}
+
+// BatchHandlerFunc adapts a function to a BatchHandler.
+type BatchHandlerFunc func(ctx context.Context, tx pgx.Tx, msgs []Message) error
+
+// HandleBatch calls f.
+func (f BatchHandlerFunc) HandleBatch(ctx context.Context, tx pgx.Tx, msgs []Message) error {
+	return f(ctx, tx, msgs)
+}
+
+// Middleware wraps a Handler.
+type Middleware func(Handler) Handler
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+//go:embed sql/*.sql
+var queryFS embed.FS
+
+// Consumer runs a consumer group whose handlers apply each message's effects
+// once. Create it with New or NewBatch, then call Run.
+type Consumer struct {
+	cfg     Config
+	handle  func(ctx context.Context, tx pgx.Tx, msgs []Message) error
+	perMsg  bool // handle may be called one message at a time to find a failure
+	inbox   *inbox.Store
+	sql     map[string]string
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex
+	running bool
+}
+
+// New returns a Consumer that calls h once per fresh message.
+func New(cfg Config, h Handler) (*Consumer, error) {
+	if h == nil {
+		return nil, errors.New("consumer: New: handler is nil")
+	}
+	return newConsumer(cfg, true, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
+		for i, m := range msgs {
+			if err := callSafely(func() error { return h.Handle(ctx, tx, m) }); err != nil {
+				return &handlerError{index: i, err: err}
+			}
+		}
+		return nil
+	})
+}
+
+// NewBatch returns a Consumer that calls h once per batch with all its fresh
+// messages. When h fails, the consumer finds the failing message by calling h
+// with one message at a time, each under a savepoint.
+func NewBatch(cfg Config, h BatchHandler) (*Consumer, error) {
+	if h == nil {
+		return nil, errors.New("consumer: NewBatch: handler is nil")
+	}
+	return newConsumer(cfg, false, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
+		if err := callSafely(func() error { return h.HandleBatch(ctx, tx, msgs) }); err != nil {
+			return &handlerError{index: -1, err: err}
+		}
+		return nil
+	})
+}
+
+func newConsumer(cfg Config, perMsg bool, handle func(context.Context, pgx.Tx, []Message) error) (*Consumer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	store, err := inbox.New(cfg.Pool, cfg.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	queries, err := sqltmpl.RenderDir(queryFS, "sql", cfg.deadLetterVars())
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	m, err := newMetrics(cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: metrics: %w", err)
+	}
+	return &Consumer{
+		cfg:     cfg,
+		handle:  handle,
+		perMsg:  perMsg,
+		inbox:   store,
+		sql:     queries,
+		log:     cfg.Logger.With("group", cfg.GroupID),
+		metrics: m,
+	}, nil
+}
+
+func callSafely(fn func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return fn()
+}
+
+// Migrations returns the migrations of the consumer's tables: the inbox and
+// the dead-letter table.
+func Migrations(cfg Config) ([]migrate.Line, error) {
+	cfg = cfg.withDefaults()
+	in, err := inbox.Migrations(cfg.Inbox)
+	if err != nil {
+		return nil, err
+	}
+	sub, err := fs.Sub(migrationFS, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	dl, err := migrate.Load(sub, "consumer_dead_letters", cfg.Inbox.Schema, cfg.DeadLetterTable, cfg.deadLetterVars())
+	if err != nil {
+		return nil, err
+	}
+	return []migrate.Line{in, dl}, nil
+}
+
+// Migrate applies the migrations of the inbox and dead-letter tables that
+// cfg names. It is safe to call from every process at start-up.
+func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
+	lines, err := Migrations(cfg)
+	if err != nil {
+		return err
+	}
+	return migrate.Up(ctx, db, lines...)
+}
+
+// ErrRunning is returned by Run when the Consumer is already running.
+var ErrRunning = errors.New("consumer: already running")
+
+// Run joins the group and processes messages until ctx ends, then finishes
+// or rolls back in-flight batches (within Config.ShutdownTimeout), commits
+// the offsets of what Postgres committed, leaves the group and returns nil.
+//
+// Before joining, Run checks that Postgres answers, that the tables exist
+// and that a broker answers, and returns an error at once if not. After
+// that, outages of Kafka or Postgres are retried with backoff and logged;
+// Run does not return because of them.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.running {
+		c.mu.Unlock()
+		return ErrRunning
+	}
+	c.running = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.running = false
+		c.mu.Unlock()
+	}()
+
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := c.preflight(ctx); err != nil {
+		return err
+	}
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                c.cfg.GroupID,
+		Brokers:           c.cfg.Brokers,
+		Dialer:            c.cfg.Dialer,
+		Topics:            c.cfg.Topics,
+		SessionTimeout:    c.cfg.SessionTimeout,
+		HeartbeatInterval: c.cfg.HeartbeatInterval,
+		RebalanceTimeout:  c.cfg.SessionTimeout,
+		JoinGroupBackoff:  c.cfg.RetryInitial * 10,
+		StartOffset:       c.cfg.StartOffset,
+		// kafka-go logs every retry at error level; we log what matters.
+		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
+			c.log.Debug("kafka-go: " + fmt.Sprintf(format, args...))
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	c.log.Info("consumer started", "topics", c.cfg.Topics, "scope", c.cfg.Inbox.Scope)
+	for {
+		gen, err := group.Next(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			// The group retries by itself (after JoinGroupBackoff); Next
+			// reports each failure.
+			c.log.Warn("joining consumer group failed; retrying", "err", err)
+			continue
+		}
+		var parts []string
+		for topic, as := range gen.Assignments {
+			for _, a := range as {
+				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
+				p := c.newPartition(gen, topic, a)
+				gen.Start(func(genCtx context.Context) { p.run(ctx, genCtx) })
+			}
+		}
+		c.log.Info("generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
+	}
+	c.log.Info("consumer stopping: finishing in-flight batches", "timeout", c.cfg.ShutdownTimeout)
+	// Close ends the generation, waits for every partition goroutine (each
+	// finishes or abandons its batch within ShutdownTimeout) and leaves the
+	// group.
+	_ = group.Close()
+	c.log.Info("consumer stopped")
+	return nil
+}
+
+// preflight fails fast on a configuration that cannot work: Postgres
+// unreachable, tables not migrated, no broker answering.
+func (c *Consumer) preflight(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.StartupTimeout)
+	defer cancel()
+	if err := c.cfg.Pool.Ping(ctx); err != nil {
+		return fmt.Errorf("consumer: Postgres unreachable: %w", err)
+	}
+	inboxTable := pgx.Identifier{c.cfg.Inbox.Schema, c.inbox.Config().Table}.Sanitize()
+	dlTable := pgx.Identifier{c.cfg.Inbox.Schema, c.cfg.DeadLetterTable}.Sanitize()
+	var haveInbox, haveDL bool
+	if err := c.cfg.Pool.QueryRow(ctx, c.sql["check_tables"], inboxTable, dlTable).Scan(&haveInbox, &haveDL); err != nil {
+		return fmt.Errorf("consumer: check tables: %w", err)
+	}
+	if !haveInbox || !haveDL {
+		return fmt.Errorf("consumer: tables %s and %s must exist (found inbox=%v, dead letters=%v); run consumer.Migrate or `exactly migrate up`", inboxTable, dlTable, haveInbox, haveDL)
+	}
+	var errs []error
+	for _, b := range c.cfg.Brokers {
+		conn, err := c.cfg.Dialer.DialContext(ctx, "tcp", b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, err = conn.ApiVersions()
+		_ = conn.Close()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("consumer: no Kafka broker answers at %v: %w", c.cfg.Brokers, errors.Join(errs...))
+}
+
+// waitBackoff sleeps for d or until ctx ends, and reports whether it slept
+// the whole time.
+func waitBackoff(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,197 @@
+package consumer_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/testhook"
+)
+
+// The crash tests run the consumer in a child process (this test binary,
+// re-executed with childEnv set) and SIGKILL it.
+const childEnv = "EXACTLY_TEST_CONSUMER_CHILD"
+
+// childMain runs a consumer that writes one effect per message. With
+// CHILD_HOOK=pause it prints COMMITTED and stops dead after its first
+// database commit, before the offset commit; otherwise it prints COMMITTED
+// after every database commit and runs until SIGTERM.
+func childMain() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	pool, err := pgxpool.New(ctx, pgtest.DSN())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer pool.Close()
+	schema := os.Getenv("CHILD_SCHEMA")
+	cfg := testConfig(pool, schema, os.Getenv("CHILD_TOPIC"), os.Getenv("CHILD_GROUP"))
+	cfg.BatchSize, _ = strconv.Atoi(os.Getenv("CHILD_BATCH"))
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var mu sync.Mutex
+	testhook.Set("consumer.after-db-commit", func() {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Println("COMMITTED")
+		if os.Getenv("CHILD_HOOK") == "pause" {
+			select {} // the parent SIGKILLs us here
+		}
+	})
+	c, err := consumer.New(cfg, insertEffect(pgx.Identifier{schema, "effects"}.Sanitize()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := c.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+type child struct {
+	cmd   *exec.Cmd
+	lines chan string
+	done  chan struct{}
+}
+
+func startChild(t *testing.T, b bundle, hook string, batch int) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic,
+		"CHILD_GROUP="+b.cfg.GroupID, "CHILD_HOOK="+hook, "CHILD_BATCH="+strconv.Itoa(batch))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if testing.Verbose() {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, lines: make(chan string, 1<<16), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			select {
+			case c.lines <- s.Text():
+			default: // nobody is waiting for lines this old
+			}
+		}
+	}()
+	t.Cleanup(c.kill)
+	return c
+}
+
+// waitLine waits for the child to print line.
+func (c *child) waitLine(t *testing.T, line string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l := <-c.lines:
+			if l == line {
+				return
+			}
+		case <-c.done:
+			t.Fatalf("child exited before printing %q", line)
+		case <-deadline:
+			t.Fatalf("child did not print %q within %v", line, timeout)
+		}
+	}
+}
+
+// kill SIGKILLs the child and reaps it.
+func (c *child) kill() {
+	if c.cmd.ProcessState != nil {
+		return
+	}
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+	<-c.done
+}
+
+// TestCrashAfterDBCommit kills the consumer after its transaction committed
+// and before it committed the Kafka offset. The restarted consumer gets the
+// batch again and must skip it.
+func TestCrashAfterDBCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	const n = 300
+	kafkatest.Produce(t, b.writer, msgs("crash", n, 7)...)
+
+	first := startChild(t, b, "pause", 50)
+	first.waitLine(t, "COMMITTED", 60*time.Second)
+	first.kill()
+	var applied int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects).Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied == 0 {
+		t.Fatal("the killed consumer committed nothing; the test did not reach the window")
+	}
+	if got := committed(t, b.cfg.GroupID, b.topic); got > 0 {
+		t.Fatalf("offset %d was committed before the kill; the test did not reach the window", got)
+	}
+
+	second := startChild(t, b, "", 50)
+	waitCommitted(t, b, n)
+	second.kill()
+	checkEffects(t, b, n)
+	var dups int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "inbox"}.Sanitize()).Scan(&dups); err != nil || dups != n {
+		t.Fatalf("inbox holds %d tokens (err %v), want %d", dups, err, n)
+	}
+}
+
+// TestRandomKills SIGKILLs consumers at random moments while a producer
+// writes 20,000 messages: no effect lost, none doubled, per-key order kept.
+func TestRandomKills(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 4)
+	const n = 20000
+	all := msgs("rk", n, 100)
+	produced := make(chan struct{})
+	go func() {
+		defer close(produced)
+		for i := 0; i < n; i += 1000 {
+			kafkatest.Produce(t, b.writer, all[i:i+1000]...)
+			time.Sleep(300 * time.Millisecond)
+		}
+	}()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	kills := 0
+	for kills < 5 {
+		c := startChild(t, b, "", 200)
+		c.waitLine(t, "COMMITTED", 90*time.Second)
+		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+		c.kill()
+		kills++
+	}
+	<-produced
+	last := startChild(t, b, "", 200)
+	waitCommitted(t, b, n)
+	last.kill()
+	checkEffects(t, b, n)
+}

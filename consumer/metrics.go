@@ -1,0 +1,86 @@
+package consumer
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Metric names. All carry the attribute "group"; messages carries
+// "outcome" (processed, duplicate, dead_lettered), retries carries "kind"
+// (handler, transient), lag carries "topic" and "partition".
+const (
+	MetricMessages      = "exactly.consumer.messages"
+	MetricRetries       = "exactly.consumer.retries"
+	MetricBatchDuration = "exactly.consumer.batch.duration"
+	MetricCommitErrors  = "exactly.consumer.offset_commit.errors"
+	MetricLag           = "exactly.consumer.lag"
+)
+
+type metrics struct {
+	messages      metric.Int64Counter
+	retries       metric.Int64Counter
+	batchDuration metric.Float64Histogram
+	commitErrors  metric.Int64Counter
+
+	mu   sync.Mutex
+	lags map[lagKey]*atomic.Int64
+}
+
+type lagKey struct {
+	group, topic string
+	partition    int
+}
+
+func newMetrics(mp metric.MeterProvider) (*metrics, error) {
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	meter := mp.Meter("github.com/exactlyhq/exactly/consumer")
+	m := &metrics{lags: map[lagKey]*atomic.Int64{}}
+	var err error
+	if m.messages, err = meter.Int64Counter(MetricMessages, metric.WithDescription("Messages settled, by outcome.")); err != nil {
+		return nil, err
+	}
+	if m.retries, err = meter.Int64Counter(MetricRetries, metric.WithDescription("Batch retries, by kind.")); err != nil {
+		return nil, err
+	}
+	if m.batchDuration, err = meter.Float64Histogram(MetricBatchDuration, metric.WithUnit("s"), metric.WithDescription("Time from the start of a batch's transaction to its commit.")); err != nil {
+		return nil, err
+	}
+	if m.commitErrors, err = meter.Int64Counter(MetricCommitErrors, metric.WithDescription("Kafka offset commits that failed after the database commit (the messages are redelivered and skipped).")); err != nil {
+		return nil, err
+	}
+	_, err = meter.Int64ObservableGauge(MetricLag, metric.WithDescription("Messages between the last processed offset and the partition's high watermark."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			for k, v := range m.lags {
+				o.Observe(v.Load(), metric.WithAttributes(attribute.String("group", k.group), attribute.String("topic", k.topic), attribute.Int("partition", k.partition)))
+			}
+			return nil
+		}))
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// lag returns the gauge cell of one partition; release removes it.
+func (m *metrics) lag(k lagKey) (cell *atomic.Int64, release func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cell = &atomic.Int64{}
+	m.lags[k] = cell
+	return cell, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.lags[k] == cell {
+			delete(m.lags, k)
+		}
+	}
+}

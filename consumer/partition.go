@@ -1,0 +1,484 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/testhook"
+)
+
+// Test hook names (see internal/testhook).
+const (
+	hookAfterDBCommit = "consumer.after-db-commit"
+)
+
+// partition processes one assigned partition for one generation.
+type partition struct {
+	c     *Consumer
+	gen   *kafka.Generation
+	topic string
+	id    int
+	start int64
+	log   *slog.Logger
+	attrs metric.MeasurementOption
+	lag   *atomic.Int64
+}
+
+// item is a fetched message and what the consumer learned about it.
+type item struct {
+	msg      kafka.Message
+	token    inbox.Token
+	fp       []byte
+	reason   string // non-empty: dead-letter without handling
+	err      error  // why, for reason; or the handler's last error
+	attempts int    // handler failures so far
+}
+
+func (c *Consumer) newPartition(gen *kafka.Generation, topic string, a kafka.PartitionAssignment) *partition {
+	return &partition{
+		c: c, gen: gen, topic: topic, id: a.ID, start: a.Offset,
+		log:   c.log.With("topic", topic, "partition", a.ID, "generation", gen.ID),
+		attrs: metric.WithAttributes(attribute.String("group", c.cfg.GroupID)),
+	}
+}
+
+// run processes the partition until the generation ends (a rebalance) or
+// runCtx ends (shutdown). Fetching stops at once on either; the in-flight
+// batch may finish until the generation ends or ShutdownTimeout passes after
+// runCtx ended, whichever is first. Nothing uncommitted survives: its
+// offsets are not committed and the next owner gets the messages again.
+func (p *partition) run(runCtx, genCtx context.Context) {
+	cfg := &p.c.cfg
+	fetchCtx, cancelFetch := context.WithCancel(genCtx)
+	defer cancelFetch()
+	stopFetch := context.AfterFunc(runCtx, cancelFetch)
+	defer stopFetch()
+
+	procCtx, cancelProc := context.WithCancel(genCtx)
+	defer cancelProc()
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Add(1)
+	go func() { // the shutdown timer
+		defer wg.Done()
+		select {
+		case <-done:
+			return
+		case <-runCtx.Done():
+		}
+		t := time.NewTimer(cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			cancelProc()
+		}
+	}()
+	defer wg.Wait()
+	defer close(done)
+
+	cell, release := p.c.metrics.lag(lagKey{cfg.GroupID, p.topic, p.id})
+	defer release()
+	p.lag = cell
+
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:       cfg.Brokers,
+		Topic:         p.topic,
+		Partition:     p.id,
+		Dialer:        cfg.Dialer,
+		MinBytes:      1,
+		MaxBytes:      max(10<<20, 2*cfg.MaxMessageBytes),
+		MaxWait:       cfg.FetchMaxWait,
+		QueueCapacity: cfg.BatchSize,
+		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
+			p.log.Debug("kafka-go reader: " + fmt.Sprintf(format, args...))
+		}),
+	})
+	defer r.Close()
+	if err := r.SetOffset(p.start); err != nil {
+		p.log.Error("cannot seek partition; leaving the generation", "offset", p.start, "err", err)
+		return
+	}
+	p.log.Debug("partition assigned", "offset", p.start)
+
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = cfg.RetryInitial
+	bo.MaxInterval = cfg.RetryMax
+	bo.MaxElapsedTime = 0 // never give up: outages are waited out, not skipped
+	bo.Reset()
+
+	var pending []*item
+	for {
+		if len(pending) == 0 {
+			pending = p.fetch(fetchCtx, r)
+			if len(pending) == 0 {
+				return // fetchCtx ended
+			}
+		}
+		n, err := p.process(procCtx, pending)
+		if n > 0 {
+			p.commitOffset(pending[n-1].msg.Offset + 1)
+			pending = pending[n:]
+			p.lag.Store(r.Lag())
+		}
+		if err == nil {
+			bo.Reset()
+			continue
+		}
+		if procCtx.Err() != nil || runCtx.Err() != nil {
+			p.log.Info("abandoning uncommitted messages; they will be redelivered", "count", len(pending), "from_offset", pending[0].msg.Offset, "err", err)
+			return
+		}
+		wait := bo.NextBackOff()
+		var he *handlerError
+		if errors.As(err, &he) {
+			it := pending[0]
+			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "handler")))
+			p.log.Warn("handler failed; retrying message", "offset", it.msg.Offset, "attempt", it.attempts, "max_attempts", cfg.MaxAttempts, "backoff", wait, "err", he.err)
+		} else {
+			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "transient")))
+			p.log.Warn("batch failed; retrying", "messages", len(pending), "from_offset", pending[0].msg.Offset, "backoff", wait, "err", err)
+		}
+		if !waitBackoff(procCtx, wait) {
+			p.log.Info("abandoning uncommitted messages; they will be redelivered", "count", len(pending), "from_offset", pending[0].msg.Offset)
+			return
+		}
+	}
+}
+
+// fetch blocks for one message, then collects more for up to BatchWait, up
+// to BatchSize. It returns nil when ctx ends.
+func (p *partition) fetch(ctx context.Context, r *kafka.Reader) []*item {
+	cfg := &p.c.cfg
+	var first kafka.Message
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err == nil {
+			first = m
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		p.log.Warn("fetch failed; retrying", "err", err)
+		if !waitBackoff(ctx, cfg.RetryInitial) {
+			return nil
+		}
+	}
+	items := []*item{p.prepare(first)}
+	wctx, cancel := context.WithTimeout(ctx, cfg.BatchWait)
+	defer cancel()
+	for len(items) < cfg.BatchSize {
+		m, err := r.FetchMessage(wctx)
+		if err != nil {
+			break
+		}
+		items = append(items, p.prepare(m))
+	}
+	return items
+}
+
+// prepare checks a message and finds its token once, before any attempt.
+func (p *partition) prepare(m kafka.Message) *item {
+	cfg := &p.c.cfg
+	it := &item{msg: m}
+	if n := len(m.Key) + len(m.Value); n > cfg.MaxMessageBytes {
+		it.reason, it.err = ReasonOversized, fmt.Errorf("key and value are %d bytes, more than MaxMessageBytes %d", n, cfg.MaxMessageBytes)
+		return it
+	}
+	tok, err := cfg.Token.Token(m)
+	switch {
+	case errors.Is(err, inbox.ErrInvalidToken):
+		it.reason, it.err = ReasonInvalidToken, err
+	case err != nil:
+		it.reason, it.err = ReasonNoToken, err
+	default:
+		it.token = tok
+		it.fp = inbox.Fingerprint(m.Value)
+	}
+	return it
+}
+
+func (it *item) request() inbox.Request {
+	return inbox.Request{Token: it.token, Fingerprint: it.fp, Origin: inbox.Origin{Topic: it.msg.Topic, Partition: it.msg.Partition, Offset: it.msg.Offset}}
+}
+
+func (it *item) message() Message {
+	return Message{Message: it.msg, Token: it.token, Attempt: it.attempts + 1}
+}
+
+// tally counts a batch's outcomes for metrics and logs.
+type tally struct{ processed, duplicates, dead int64 }
+
+// process settles a prefix of items in Postgres and returns its length. An
+// error means items[n:] are not settled: a *handlerError when items[n]'s
+// handler failed and may be retried, anything else a transient failure of the
+// whole attempt.
+//
+// It first tries the optimistic path: one transaction, one bulk claim, no
+// savepoints. If a handler fails, that transaction is rolled back and the
+// careful path runs the batch again with a savepoint per message, so the
+// failing message neither discards nor double-applies the others.
+func (p *partition) process(ctx context.Context, items []*item) (int, error) {
+	start := time.Now()
+	var (
+		n   int
+		t   tally
+		err error
+	)
+	if items[0].attempts == 0 {
+		t, err = p.optimistic(ctx, items)
+		var he *handlerError
+		switch {
+		case err == nil:
+			n = len(items)
+		case errors.As(err, &he) && !isTransient(he.err):
+			if he.index >= 0 {
+				items[he.index].attempts++
+				items[he.index].err = he.err
+			}
+			n, t, err = p.careful(ctx, items)
+		}
+	} else {
+		n, t, err = p.careful(ctx, items)
+	}
+	if n > 0 {
+		p.c.metrics.batchDuration.Record(ctx, time.Since(start).Seconds(), p.attrs)
+		p.count(ctx, t)
+	}
+	return n, err
+}
+
+func (p *partition) count(ctx context.Context, t tally) {
+	for outcome, v := range map[string]int64{"processed": t.processed, "duplicate": t.duplicates, "dead_lettered": t.dead} {
+		if v > 0 {
+			p.c.metrics.messages.Add(ctx, v, p.attrs, metric.WithAttributes(attribute.String("outcome", outcome)))
+		}
+	}
+	if t.duplicates > 0 || t.dead > 0 {
+		p.log.Debug("batch settled", "processed", t.processed, "duplicates", t.duplicates, "dead_lettered", t.dead)
+	}
+}
+
+func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error) {
+	var t tally
+	tx, err := p.c.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return t, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+
+	reqs := make([]inbox.Request, 0, len(items))
+	for _, it := range items {
+		if it.reason == "" {
+			reqs = append(reqs, it.request())
+		}
+	}
+	claims, err := p.c.inbox.ClaimBatch(ctx, tx, reqs)
+	if err != nil {
+		return t, err
+	}
+	fresh := make([]Message, 0, len(reqs))
+	freshIdx := make([]int, 0, len(reqs))
+	var dead []*item
+	j := 0
+	for i, it := range items {
+		if it.reason != "" {
+			dead = append(dead, it)
+			continue
+		}
+		switch c := claims[j]; c.Outcome {
+		case inbox.Fresh:
+			fresh = append(fresh, it.message())
+			freshIdx = append(freshIdx, i)
+		case inbox.Duplicate:
+			t.duplicates++
+		case inbox.Conflict:
+			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
+			dead = append(dead, it)
+		}
+		j++
+	}
+	if len(fresh) > 0 {
+		if err := p.c.handle(ctx, tx, fresh); err != nil {
+			var he *handlerError
+			if errors.As(err, &he) && he.index >= 0 {
+				he.index = freshIdx[he.index]
+			}
+			return t, err
+		}
+	}
+	for _, it := range dead {
+		if err := p.deadLetter(ctx, tx, it); err != nil {
+			return t, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		// The outcome may be unknown (connection lost during COMMIT). The
+		// retry resolves it: committed tokens come back as duplicates.
+		return t, fmt.Errorf("commit: %w", err)
+	}
+	testhook.Run(hookAfterDBCommit)
+	t.processed = int64(len(fresh))
+	t.dead = int64(len(dead))
+	return t, nil
+}
+
+// careful settles items one savepoint at a time. It stops before a message
+// whose handler failed and may be retried, committing what came before it.
+func (p *partition) careful(ctx context.Context, items []*item) (int, tally, error) {
+	var t tally
+	cfg := &p.c.cfg
+	tx, err := cfg.Pool.Begin(ctx)
+	if err != nil {
+		return 0, t, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+
+	commit := func(n int, cause error) (int, tally, error) {
+		if err := tx.Commit(ctx); err != nil {
+			return 0, tally{}, fmt.Errorf("commit: %w", err)
+		}
+		testhook.Run(hookAfterDBCommit)
+		return n, t, cause
+	}
+	for i, it := range items {
+		if it.reason == "" && it.attempts > 0 && (it.attempts >= cfg.MaxAttempts || IsPermanent(it.err)) {
+			it.reason = handlerReason(it.err)
+		}
+		if it.reason != "" {
+			if err := p.deadLetter(ctx, tx, it); err != nil {
+				return 0, t, err
+			}
+			t.dead++
+			continue
+		}
+		sp, err := tx.Begin(ctx) // a savepoint
+		if err != nil {
+			return 0, t, fmt.Errorf("savepoint: %w", err)
+		}
+		c, err := p.c.inbox.Claim(ctx, sp, it.request())
+		if err != nil {
+			return 0, t, err
+		}
+		switch c.Outcome {
+		case inbox.Duplicate:
+			if err := sp.Commit(ctx); err != nil {
+				return 0, t, fmt.Errorf("release savepoint: %w", err)
+			}
+			t.duplicates++
+			continue
+		case inbox.Conflict:
+			if err := sp.Rollback(ctx); err != nil {
+				return 0, t, fmt.Errorf("rollback to savepoint: %w", err)
+			}
+			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
+			if err := p.deadLetter(ctx, tx, it); err != nil {
+				return 0, t, err
+			}
+			t.dead++
+			continue
+		}
+		herr := p.c.handle(ctx, sp, []Message{it.message()})
+		if herr == nil {
+			if err := sp.Commit(ctx); err != nil {
+				return 0, t, fmt.Errorf("release savepoint: %w", err)
+			}
+			t.processed++
+			continue
+		}
+		if err := sp.Rollback(ctx); err != nil {
+			// The connection is gone: nothing of this transaction counts.
+			return 0, t, fmt.Errorf("rollback to savepoint after handler error (%w): %w", herr, err)
+		}
+		var he *handlerError
+		if !errors.As(herr, &he) {
+			he = &handlerError{err: herr}
+		}
+		if isTransient(he.err) {
+			return 0, t, he.err
+		}
+		it.attempts++
+		it.err = he.err
+		if it.attempts >= cfg.MaxAttempts || IsPermanent(he.err) {
+			it.reason = handlerReason(he.err)
+			if err := p.deadLetter(ctx, tx, it); err != nil {
+				return 0, t, err
+			}
+			t.dead++
+			continue
+		}
+		he.index = i
+		return commit(i, he)
+	}
+	return commit(len(items), nil)
+}
+
+func handlerReason(err error) string {
+	switch {
+	case errors.Is(err, ErrUndecodable):
+		return ReasonUndecodable
+	case IsPermanent(err):
+		return ReasonPermanent
+	}
+	return ReasonHandlerError
+}
+
+func conflictError(it *item, c inbox.Claimed) error {
+	when := "earlier in the same batch"
+	if !c.ProcessedAt.IsZero() {
+		when = "at " + c.ProcessedAt.Format(time.RFC3339)
+	}
+	return fmt.Errorf("token %s was first used at %s/%d/%d (%s) for a different payload",
+		it.token, c.FirstSeen.Topic, c.FirstSeen.Partition, c.FirstSeen.Offset, when)
+}
+
+func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
+	var token *string
+	if !it.token.IsZero() {
+		s := it.token.String()
+		token = &s
+	}
+	keys := make([]string, len(it.msg.Headers))
+	values := make([][]byte, len(it.msg.Headers))
+	for i, h := range it.msg.Headers {
+		keys[i], values[i] = h.Key, h.Value
+	}
+	var msgTime *time.Time
+	if !it.msg.Time.IsZero() {
+		msgTime = &it.msg.Time
+	}
+	errText := "unknown"
+	if it.err != nil {
+		errText = it.err.Error()
+	}
+	_, err := tx.Exec(ctx, p.c.sql["dead_letter"], p.c.cfg.Inbox.Scope, token, it.reason, errText, it.attempts,
+		it.msg.Topic, it.msg.Partition, it.msg.Offset, it.msg.Key, it.msg.Value, keys, values, msgTime)
+	if err != nil {
+		return fmt.Errorf("dead-letter %s/%d/%d: %w", it.msg.Topic, it.msg.Partition, it.msg.Offset, err)
+	}
+	p.log.Warn("message dead-lettered", "offset", it.msg.Offset, "reason", it.reason, "attempts", it.attempts, "err", errText)
+	return nil
+}
+
+// commitOffset commits next, the offset after the last message settled in
+// Postgres. A failure loses nothing: the messages are redelivered to whoever
+// owns the partition next and skipped as duplicates.
+func (p *partition) commitOffset(next int64) {
+	if err := p.gen.CommitOffsets(map[string]map[int]int64{p.topic: {p.id: next}}); err != nil {
+		p.c.metrics.commitErrors.Add(context.Background(), 1, p.attrs)
+		p.log.Warn("offset commit failed; committed messages will be redelivered and skipped", "offset", next, "err", err)
+	}
+}

@@ -1,0 +1,167 @@
+// Package kafkatest gives each test its own topic on a real Kafka broker.
+package kafkatest
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/internal/pgtest"
+)
+
+// BrokersDefault is the broker the local services scripts start.
+const BrokersDefault = "127.0.0.1:9092"
+
+// Brokers returns KAFKA_BROKERS split at commas, or BrokersDefault.
+func Brokers() []string {
+	return strings.Split(cmp.Or(os.Getenv("KAFKA_BROKERS"), BrokersDefault), ",")
+}
+
+// Topic creates a topic with a random name and the given partitions, and
+// deletes it when the test ends. It fails the test, with a hint, when no
+// broker answers.
+func Topic(tb testing.TB, partitions int) string {
+	tb.Helper()
+	name := "test-" + pgtest.RandomSuffix()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := controller(ctx)
+	if err != nil {
+		tb.Fatalf("kafkatest: Kafka at %v is unreachable (run `make services`): %v", Brokers(), err)
+	}
+	defer conn.Close()
+	err = conn.CreateTopics(kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: 1})
+	if err != nil {
+		tb.Fatalf("kafkatest: create topic: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if conn, err := controller(ctx); err == nil {
+			_ = conn.DeleteTopics(name)
+			conn.Close()
+		}
+	})
+	// Wait until every partition has a leader, so the first produce and
+	// fetch do not race topic creation.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ps, err := readPartitions(ctx, name)
+		if err == nil && len(ps) == partitions && allLed(ps) {
+			return name
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("kafkatest: topic %s not ready: %d partitions, %v", name, len(ps), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func allLed(ps []kafka.Partition) bool {
+	for _, p := range ps {
+		if p.Leader.ID < 0 || p.Leader.Host == "" {
+			return false
+		}
+	}
+	return true
+}
+
+func readPartitions(ctx context.Context, topic string) ([]kafka.Partition, error) {
+	conn, err := kafka.DialContext(ctx, "tcp", Brokers()[0])
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.ReadPartitions(topic)
+}
+
+func controller(ctx context.Context) (*kafka.Conn, error) {
+	conn, err := kafka.DialContext(ctx, "tcp", Brokers()[0])
+	if err != nil {
+		return nil, err
+	}
+	c, err := conn.Controller()
+	conn.Close()
+	if err != nil {
+		return nil, err
+	}
+	return kafka.DialContext(ctx, "tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+}
+
+// Writer returns a synchronous writer that waits for all in-sync replicas
+// and partitions by key hash like the Java client. It is closed when the
+// test ends.
+func Writer(tb testing.TB, topic string) *kafka.Writer {
+	tb.Helper()
+	transport := &kafka.Transport{}
+	w := &kafka.Writer{
+		Addr:         kafka.TCP(Brokers()...),
+		Transport:    transport,
+		Topic:        topic,
+		Balancer:     &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond,
+		BatchSize:    1000,
+	}
+	tb.Cleanup(func() {
+		_ = w.Close()
+		transport.CloseIdleConnections()
+	})
+	return w
+}
+
+// Produce writes msgs to topic and fails the test on error.
+func Produce(tb testing.TB, w *kafka.Writer, msgs ...kafka.Message) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for len(msgs) > 0 {
+		n := min(len(msgs), 5000)
+		err := w.WriteMessages(ctx, msgs[:n]...)
+		var werrs kafka.WriteErrors
+		if errors.As(err, &werrs) {
+			tb.Fatalf("kafkatest: produce: %d of %d failed: %v", werrs.Count(), n, err)
+		}
+		if err != nil {
+			tb.Fatalf("kafkatest: produce: %v", err)
+		}
+		msgs = msgs[n:]
+	}
+}
+
+// Committed returns the group's committed offsets of topic by partition
+// (partitions without a commit are absent).
+func Committed(ctx context.Context, group, topic string, partitions int) (map[int]int64, error) {
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(Brokers()...), Timeout: 10 * time.Second, Transport: transport}
+	ps := make([]int, partitions)
+	for i := range ps {
+		ps[i] = i
+	}
+	resp, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Error != nil {
+		return nil, resp.Error
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			return nil, p.Error
+		}
+		if p.CommittedOffset >= 0 {
+			out[p.Partition] = p.CommittedOffset
+		}
+	}
+	return out, nil
+}
