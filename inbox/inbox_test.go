@@ -549,7 +549,7 @@ func TestRepeatableReadConcurrentCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer second.Rollback(ctx) //nolint:errcheck
+	defer second.Rollback(ctx)                              //nolint:errcheck
 	if _, err := second.Exec(ctx, "SELECT 1"); err != nil { // take the snapshot now
 		t.Fatal(err)
 	}
