@@ -8,9 +8,10 @@ KAFKA_BROKERS ?= 127.0.0.1:9092
 export DATABASE_URL KAFKA_BROKERS
 
 GO ?= go
-TEST_FLAGS ?= -race -count=1 -timeout 20m
+# -p 1: some tests restart Postgres or Kafka, so packages must not run at once.
+TEST_FLAGS ?= -race -count=1 -p 1 -timeout 25m
 
-.PHONY: help services services-down services-status test lint
+.PHONY: help services services-down services-status test lint bench-inbox fuzz
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,3 +33,9 @@ lint: ## gofmt check and go vet
 	@files="$$(gofmt -l .)"; \
 	if [ -n "$$files" ]; then echo "gofmt needed on:"; echo "$$files"; exit 1; fi
 	$(GO) vet ./...
+
+bench-inbox: services ## Inbox claims/s by batch size, empty vs 5M-token inbox, UUIDv7 vs random tokens
+	$(GO) run ./internal/bench/inbox
+
+fuzz: ## Fuzz the token extractors for 60s (seeds that found bugs live in testdata/)
+	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./inbox/
