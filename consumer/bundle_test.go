@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -18,12 +17,11 @@ import (
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/proctest"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
-		os.Exit(childMain())
-	}
+	proctest.Main(map[string]func() int{"consumer": childMain})
 	goleak.VerifyTestMain(m)
 }
 

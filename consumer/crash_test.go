@@ -1,14 +1,11 @@
 package consumer_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strconv"
 	"sync"
@@ -22,12 +19,12 @@ import (
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/proctest"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
 // The crash tests run the consumer in a child process (this test binary,
-// re-executed with childEnv set) and SIGKILL it.
-const childEnv = "EXACTLY_TEST_CONSUMER_CHILD"
+// re-executed by proctest) and SIGKILL it.
 
 // childMain runs a consumer that writes one effect per message. With
 // CHILD_HOOK=pause it prints COMMITTED and stops dead after its first
@@ -67,69 +64,10 @@ func childMain() int {
 	return 0
 }
 
-type child struct {
-	cmd   *exec.Cmd
-	lines chan string
-	done  chan struct{}
-}
-
-func startChild(t *testing.T, b bundle, hook string, batch int) *child {
+func startChild(t *testing.T, b bundle, hook string, batch int) *proctest.Child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic,
+	return proctest.Start(t, "consumer", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic,
 		"CHILD_GROUP="+b.cfg.GroupID, "CHILD_HOOK="+hook, "CHILD_BATCH="+strconv.Itoa(batch))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = io.Discard
-	if testing.Verbose() {
-		cmd.Stderr = os.Stderr
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, lines: make(chan string, 1<<16), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			select {
-			case c.lines <- s.Text():
-			default: // nobody is waiting for lines this old
-			}
-		}
-	}()
-	t.Cleanup(c.kill)
-	return c
-}
-
-// waitLine waits for the child to print line.
-func (c *child) waitLine(t *testing.T, line string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case l := <-c.lines:
-			if l == line {
-				return
-			}
-		case <-c.done:
-			t.Fatalf("child exited before printing %q", line)
-		case <-deadline:
-			t.Fatalf("child did not print %q within %v", line, timeout)
-		}
-	}
-}
-
-// kill SIGKILLs the child and reaps it.
-func (c *child) kill() {
-	if c.cmd.ProcessState != nil {
-		return
-	}
-	_ = c.cmd.Process.Kill()
-	_ = c.cmd.Wait()
-	<-c.done
 }
 
 // TestCrashAfterDBCommit kills the consumer after its transaction committed
@@ -142,8 +80,8 @@ func TestCrashAfterDBCommit(t *testing.T) {
 	kafkatest.Produce(t, b.writer, msgs("crash", n, 7)...)
 
 	first := startChild(t, b, "pause", 50)
-	first.waitLine(t, "COMMITTED", 60*time.Second)
-	first.kill()
+	first.WaitLine(t, "COMMITTED", 60*time.Second)
+	first.Kill()
 	var applied int
 	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects).Scan(&applied); err != nil {
 		t.Fatal(err)
@@ -157,7 +95,7 @@ func TestCrashAfterDBCommit(t *testing.T) {
 
 	second := startChild(t, b, "", 50)
 	waitCommitted(t, b, n)
-	second.kill()
+	second.Kill()
 	checkEffects(t, b, n)
 	var dups int
 	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "inbox"}.Sanitize()).Scan(&dups); err != nil || dups != n {
@@ -184,14 +122,14 @@ func TestRandomKills(t *testing.T) {
 	kills := 0
 	for kills < 5 {
 		c := startChild(t, b, "", 200)
-		c.waitLine(t, "COMMITTED", 90*time.Second)
+		c.WaitLine(t, "COMMITTED", 90*time.Second)
 		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
-		c.kill()
+		c.Kill()
 		kills++
 	}
 	<-produced
 	last := startChild(t, b, "", 200)
 	waitCommitted(t, b, n)
-	last.kill()
+	last.Kill()
 	checkEffects(t, b, n)
 }
