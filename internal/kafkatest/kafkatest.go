@@ -165,3 +165,61 @@ func Committed(ctx context.Context, group, topic string, partitions int) (map[in
 	}
 	return out, nil
 }
+
+// ReadAll reads topic's partitions from the beginning until it holds at
+// least n messages, and fails the test after timeout. Messages of one
+// partition keep their order.
+func ReadAll(tb testing.TB, topic string, partitions, n int, timeout time.Duration) []kafka.Message {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	type res struct {
+		m   kafka.Message
+		err error
+	}
+	ch := make(chan res)
+	done := make(chan struct{})
+	var readers []*kafka.Reader
+	for p := range partitions {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: Brokers(), Topic: topic, Partition: p, MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 100 * time.Millisecond})
+		readers = append(readers, r)
+		go func() {
+			for {
+				m, err := r.ReadMessage(ctx)
+				select {
+				case ch <- res{m, err}:
+				case <-done:
+					return
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(done)
+		for _, r := range readers {
+			_ = r.Close()
+		}
+	}()
+	var out []kafka.Message
+	for len(out) < n {
+		r := <-ch
+		if r.err != nil {
+			tb.Fatalf("kafkatest: read %s: have %d of %d messages: %v", topic, len(out), n, r.err)
+		}
+		out = append(out, r.m)
+	}
+	return out
+}
+
+// Header returns the value of the first header named key.
+func Header(m kafka.Message, key string) string {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}

@@ -1,0 +1,2 @@
+DROP TABLE {{.DeadLetters}};
+DROP TABLE {{.Table}};

@@ -1,0 +1,308 @@
+package outbox
+
+import (
+	"cmp"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/sqlname"
+	"github.com/exactlyhq/exactly/internal/sqltmpl"
+	"github.com/exactlyhq/exactly/internal/uuidv7"
+	"github.com/exactlyhq/exactly/migrate"
+)
+
+// Defaults of Config.
+const (
+	SchemaDefault       = "exactly"
+	TableDefault        = "outbox"
+	ShardsDefault       = 4
+	NotifyWindowDefault = 10 * time.Millisecond
+)
+
+// MaxShards bounds Config.Shards.
+const MaxShards = 1024
+
+// MaxEnqueue is the most messages one EnqueueTx call accepts.
+const MaxEnqueue = 10000
+
+// HeaderMessageID is the header carrying each message's stable id. It is the
+// inbox's default token header, so a downstream consumer dedups relay
+// repeats with no configuration.
+const HeaderMessageID = inbox.DefaultHeader
+
+// Config names the outbox table and how messages are sharded. Writers and
+// relays of one table must use the same Config.
+type Config struct {
+	// Schema holds the outbox tables. Defaults to "exactly".
+	Schema string
+	// Table is the outbox table; its dead letters go to Table +
+	// "_dead_letters". Defaults to "outbox".
+	Table string
+	// Shards splits the outbox by a hash of the message key. Each shard is
+	// published in id order by one relay at a time, so per-key order holds
+	// while relays share the work. Change it only with an empty outbox (see
+	// the package documentation). Defaults to 4.
+	Shards int
+	// NotifyWindow is the least time between two wake-up notifications sent
+	// by one process. A NOTIFY takes a cluster-wide lock at commit, so one per
+	// transaction costs writers throughput; the relay keeps polling for a
+	// while after each wake-up to catch what was enqueued without one.
+	// Defaults to 10ms; -1 sends no notifications (the relay polls).
+	NotifyWindow time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	c.Schema = cmp.Or(c.Schema, SchemaDefault)
+	c.Table = cmp.Or(c.Table, TableDefault)
+	c.Shards = cmp.Or(c.Shards, ShardsDefault)
+	c.NotifyWindow = cmp.Or(c.NotifyWindow, NotifyWindowDefault)
+	return c
+}
+
+func (c Config) validate() error {
+	if err := sqlname.Check("outbox: Config.Schema", c.Schema); err != nil {
+		return err
+	}
+	if err := sqlname.Check("outbox: Config.Table", c.Table); err != nil {
+		return err
+	}
+	if err := sqlname.Check("outbox: Config.Table (with suffix _dead_letters)", c.Table+"_dead_letters"); err != nil {
+		return err
+	}
+	if c.Shards < 1 || c.Shards > MaxShards {
+		return fmt.Errorf("outbox: Config.Shards: %d is not in 1..%d", c.Shards, MaxShards)
+	}
+	if c.NotifyWindow < -1 {
+		return fmt.Errorf("outbox: Config.NotifyWindow: %v; use -1 to disable notifications", c.NotifyWindow)
+	}
+	return nil
+}
+
+func (c Config) vars() map[string]string {
+	return map[string]string{
+		"Schema":         pgx.Identifier{c.Schema}.Sanitize(),
+		"Table":          pgx.Identifier{c.Schema, c.Table}.Sanitize(),
+		"DeadLetters":    pgx.Identifier{c.Schema, c.Table + "_dead_letters"}.Sanitize(),
+		"PendingIndex":   pgx.Identifier{c.Table + "_pending_idx"}.Sanitize(),
+		"PublishedIndex": pgx.Identifier{c.Table + "_published_idx"}.Sanitize(),
+	}
+}
+
+// Channel returns the LISTEN/NOTIFY channel on which writers wake the
+// relays of the table.
+func (c Config) Channel() string {
+	c = c.withDefaults()
+	h := fnv.New64a()
+	h.Write([]byte(c.Schema + "." + c.Table))
+	return fmt.Sprintf("exactly_outbox_%x", h.Sum64())
+}
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+//go:embed sql/*.sql
+var queryFS embed.FS
+
+// Migrations returns the versioned migrations of the outbox tables.
+func Migrations(cfg Config) (migrate.Line, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return migrate.Line{}, err
+	}
+	sub, err := fs.Sub(migrationFS, "migrations")
+	if err != nil {
+		return migrate.Line{}, err
+	}
+	return migrate.Load(sub, "outbox", cfg.Schema, cfg.Table, cfg.vars())
+}
+
+// Migrate applies the outbox migrations that are not yet applied, under an
+// advisory lock.
+func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
+	line, err := Migrations(cfg)
+	if err != nil {
+		return err
+	}
+	return migrate.Up(ctx, db, line)
+}
+
+// Message is a message to publish.
+type Message struct {
+	// Topic is required.
+	Topic string
+	// Key decides the partition (murmur2, like the Java client) and the
+	// shard. Messages with equal keys are published in enqueue order.
+	Key []byte
+	// Value is the payload.
+	Value []byte
+	// Headers travel with the message. The relay adds HeaderMessageID.
+	Headers []kafka.Header
+	// ID, when set, is the message id (a UUID) instead of a new UUIDv7: use
+	// it to re-publish a message under its original token.
+	ID string
+}
+
+// Outbox enqueues messages into one outbox table.
+type Outbox struct {
+	cfg        Config
+	sql        map[string]string
+	lastNotify atomic.Int64 // unix nanoseconds
+}
+
+// New returns an Outbox for the table cfg names. It does not touch the
+// database.
+func New(cfg Config) (*Outbox, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	queries, err := sqltmpl.RenderDir(queryFS, "sql", cfg.vars())
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	return &Outbox{cfg: cfg, sql: queries}, nil
+}
+
+// Config returns the configuration with defaults applied.
+func (o *Outbox) Config() Config { return o.cfg }
+
+// ErrInvalidMessage reports a message EnqueueTx refuses.
+var ErrInvalidMessage = errors.New("outbox: invalid message")
+
+type header struct {
+	Key   string `json:"key"`
+	Value []byte `json:"value"`
+}
+
+// EnqueueTx adds msgs to the outbox inside tx, in one round trip, and returns
+// their message ids. They are published if and only if tx commits, each
+// with its id in the HeaderMessageID header. Trace context in ctx (from the
+// global OpenTelemetry propagator) is added to their headers.
+func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]string, error) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	if len(msgs) > MaxEnqueue {
+		return nil, fmt.Errorf("%w: %d messages in one call, more than %d", ErrInvalidMessage, len(msgs), MaxEnqueue)
+	}
+	carrier := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, carrier)
+
+	shards := make([]int32, len(msgs))
+	ids := make([]string, len(msgs))
+	topics := make([]string, len(msgs))
+	keys := make([][]byte, len(msgs))
+	values := make([][]byte, len(msgs))
+	headers := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		if m.Topic == "" {
+			return nil, fmt.Errorf("%w: message %d has no topic", ErrInvalidMessage, i)
+		}
+		id := m.ID
+		if id == "" {
+			id = uuidv7.New().String()
+		} else if !isUUID(id) {
+			return nil, fmt.Errorf("%w: message %d: ID %q is not a UUID", ErrInvalidMessage, i, id)
+		}
+		hs := make([]header, 0, len(m.Headers)+len(carrier))
+		for _, h := range m.Headers {
+			if h.Key == HeaderMessageID {
+				return nil, fmt.Errorf("%w: message %d sets the %s header; set Message.ID instead", ErrInvalidMessage, i, HeaderMessageID)
+			}
+			hs = append(hs, header{Key: h.Key, Value: h.Value})
+		}
+		for k, v := range carrier {
+			hs = append(hs, header{Key: k, Value: []byte(v)})
+		}
+		hj, err := json.Marshal(hs)
+		if err != nil {
+			return nil, err
+		}
+		shards[i] = int32(shardOf(m.Key, id, o.cfg.Shards))
+		ids[i], topics[i], keys[i], values[i], headers[i] = id, m.Topic, m.Key, m.Value, hj
+	}
+	b := &pgx.Batch{}
+	b.Queue(o.sql["enqueue"], shards, ids, topics, keys, values, headers)
+	if o.shouldNotify() {
+		b.Queue(o.sql["notify"], o.cfg.Channel())
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("outbox: enqueue: %w", err)
+	}
+	return ids, nil
+}
+
+// isUUID reports whether s is a UUID in canonical 8-4-4-4-12 form.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// shouldNotify lets one notification through per NotifyWindow per process.
+func (o *Outbox) shouldNotify() bool {
+	if o.cfg.NotifyWindow < 0 {
+		return false
+	}
+	now := time.Now().UnixNano()
+	last := o.lastNotify.Load()
+	if now-last < int64(o.cfg.NotifyWindow) {
+		return false
+	}
+	return o.lastNotify.CompareAndSwap(last, now)
+}
+
+// Beginner begins transactions: a *pgxpool.Pool or a *pgx.Conn.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Enqueue adds msgs in a transaction of its own. Prefer EnqueueTx inside the
+// transaction that makes the change the messages announce: that is what
+// makes publishing atomic with it.
+func (o *Outbox) Enqueue(ctx context.Context, db Beginner, msgs ...Message) ([]string, error) {
+	var ids []string
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		ids, err = o.EnqueueTx(ctx, tx, msgs...)
+		return err
+	})
+	return ids, err
+}
+
+// shardOf hashes the key (or, without a key, the message id) to a shard.
+func shardOf(key []byte, id string, shards int) int {
+	h := fnv.New32a()
+	if len(key) > 0 {
+		h.Write(key)
+	} else {
+		h.Write([]byte(id))
+	}
+	return int(h.Sum32() % uint32(shards))
+}

@@ -1,0 +1,359 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/outbox"
+)
+
+// TestPublishIfAndOnlyIfCommitted: a rolled-back enqueue is never published;
+// a committed one is published exactly as enqueued, with its message id and
+// the trace context of the enqueuing code.
+func TestPublishIfAndOnlyIfCommitted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	ctx := context.Background()
+
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ob.EnqueueTx(ctx, tx, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("rolled back")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	tctx := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled}))
+	var ids []string
+	err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		ids, err = b.ob.EnqueueTx(tctx, tx,
+			outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("committed 1"), Headers: []kafka.Header{{Key: "X-Custom", Value: []byte("v")}}},
+			outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("committed 2")})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, b.pool, b.relay)
+	got := kafkatest.ReadAll(t, b.topic, 2, 2, 30*time.Second)
+	for i, m := range got {
+		if want := []string{"committed 1", "committed 2"}[i]; string(m.Value) != want || string(m.Key) != "k" {
+			t.Errorf("message %d: key %q value %q, want k %q", i, m.Key, m.Value, want)
+		}
+		if id := kafkatest.Header(m, outbox.HeaderMessageID); id != ids[i] {
+			t.Errorf("message %d: id header %q, want %q", i, id, ids[i])
+		}
+		if tp := kafkatest.Header(m, "traceparent"); !strings.Contains(tp, traceID.String()) {
+			t.Errorf("message %d: traceparent %q does not carry trace %s", i, tp, traceID)
+		}
+	}
+	if kafkatest.Header(got[0], "X-Custom") != "v" {
+		t.Errorf("custom header lost: %v", got[0].Headers)
+	}
+	waitEmpty(t, b)
+}
+
+// waitEmpty waits until the relay removed every row.
+func waitEmpty(t *testing.T, b bundle) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for countRows(t, b, "outbox") > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox still holds %d rows", countRows(t, b, "outbox"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOutOfOrderCommit: the transaction holding the smaller id commits last.
+// Neither row is skipped, and they are published in id order.
+func TestOutOfOrderCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	startRelay(t, b.pool, b.relay)
+
+	first, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Rollback(ctx) //nolint:errcheck
+	if _, err := b.ob.EnqueueTx(ctx, first, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("101")}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("102")})
+	var committedAt time.Time
+	if err := b.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&committedAt); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the relay has read the outbox after 102 committed: a relay
+	// that skipped ahead would publish 102 now.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var polled bool
+		err := b.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE query LIKE '%pg_snapshot_xmin%' AND query LIKE '%' || $1 || '%' AND state_change > $2)`, b.schema, committedAt).Scan(&polled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if polled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the relay did not poll")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := kafkatest.ReadAll(t, b.topic, 1, 2, 30*time.Second)
+	if string(got[0].Value) != "101" || string(got[1].Value) != "102" {
+		t.Fatalf("published %q then %q, want 101 then 102", got[0].Value, got[1].Value)
+	}
+	waitEmpty(t, b)
+}
+
+// TestPollingOnly: with notifications off, polling alone publishes.
+func TestPollingOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	cfg := b.ob.Config()
+	cfg.NotifyWindow = -1
+	quiet, err := outbox.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, b.pool, b.relay)
+	if _, err := quiet.Enqueue(context.Background(), b.pool, outbox.Message{Topic: b.topic, Value: []byte("polled")}); err != nil {
+		t.Fatal(err)
+	}
+	got := kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
+	if string(got[0].Value) != "polled" {
+		t.Fatalf("got %q", got[0].Value)
+	}
+}
+
+// TestListenConnectionKilled: the relay re-establishes its LISTEN connection
+// after it is terminated, and notifications wake it again (polling is set to
+// an hour, so nothing else could).
+func TestListenConnectionKilled(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	cfg := b.relay
+	cfg.PollInterval = time.Hour
+	startRelay(t, b.pool, cfg)
+	channelPID := func() int {
+		var pid int
+		err := b.pool.QueryRow(ctx, `SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE query = $1`,
+			"LISTEN "+pgx.Identifier{b.ob.Config().Channel()}.Sanitize()).Scan(&pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+	waitPID := func(not int) int {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if pid := channelPID(); pid != 0 && pid != not {
+				return pid
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no LISTEN connection")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	old := waitPID(0)
+	enqueue(t, b, outbox.Message{Topic: b.topic, Value: []byte("before")})
+	kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
+	if _, err := b.pool.Exec(ctx, "SELECT pg_terminate_backend($1)", old); err != nil {
+		t.Fatal(err)
+	}
+	waitPID(old)
+	enqueue(t, b, outbox.Message{Topic: b.topic, Value: []byte("after")})
+	got := kafkatest.ReadAll(t, b.topic, 1, 2, 30*time.Second)
+	if string(got[1].Value) != "after" {
+		t.Fatalf("got %q", got[1].Value)
+	}
+}
+
+// TestPoisonRows: rows that can never be published (unknown topic, too
+// large) are dead-lettered with their reason after MaxAttempts; other keys
+// flow meanwhile, and later rows of the poisoned key follow in order.
+func TestPoisonRows(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	cfg := b.relay
+	cfg.MaxAttempts = 3
+	startRelay(t, b.pool, cfg)
+	enqueue(t, b,
+		outbox.Message{Topic: "no-such-topic-" + b.schema, Key: []byte("bad"), Value: []byte("x")},
+		outbox.Message{Topic: b.topic, Key: []byte("bad"), Value: []byte("after-1")},
+		outbox.Message{Topic: b.topic, Key: []byte("huge"), Value: make([]byte, 2<<20)},
+		outbox.Message{Topic: b.topic, Key: []byte("huge"), Value: []byte("after-2")},
+	)
+	var good []outbox.Message
+	for i := range 100 {
+		good = append(good, outbox.Message{Topic: b.topic, Key: []byte{byte('a' + i%10)}, Value: []byte("good")})
+	}
+	enqueue(t, b, good...)
+	got := kafkatest.ReadAll(t, b.topic, 2, 102, 60*time.Second)
+	var after []string
+	for _, m := range got {
+		if strings.HasPrefix(string(m.Value), "after-") {
+			after = append(after, string(m.Value))
+		}
+	}
+	if len(after) != 2 {
+		t.Fatalf("rows behind the poison rows: published %v, want after-1 and after-2", after)
+	}
+	waitEmpty(t, b)
+	rows, err := b.pool.Query(context.Background(), "SELECT key, reason, attempts FROM "+pgx.Identifier{b.schema, "outbox_dead_letters"}.Sanitize()+" ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key []byte
+	var reason string
+	var attempts int
+	var seen []string
+	_, err = pgx.ForEachRow(rows, []any{&key, &reason, &attempts}, func() error {
+		seen = append(seen, string(key)+":"+reason)
+		if attempts != 3 {
+			t.Errorf("dead letter %s: %d attempts, want 3", key, attempts)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seen, ",") != "bad:unknown_topic,huge:too_large" {
+		t.Fatalf("dead letters %v, want bad:unknown_topic and huge:too_large", seen)
+	}
+}
+
+// TestKeepPublished: in audit mode published rows are marked, then pruned.
+func TestKeepPublished(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	cfg := b.relay
+	cfg.KeepPublished = time.Hour
+	cfg.PruneBatchSize = 3
+	cfg.Logger = testLogger(t)
+	r, err := outbox.NewRelay(b.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, b.pool, cfg)
+	var msgs []outbox.Message
+	for range 10 {
+		msgs = append(msgs, outbox.Message{Topic: b.topic, Value: []byte("audit")})
+	}
+	enqueue(t, b, msgs...)
+	kafkatest.ReadAll(t, b.topic, 1, 10, 30*time.Second)
+	var marked int
+	deadline := time.Now().Add(30 * time.Second)
+	for marked < 10 && time.Now().Before(deadline) {
+		if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" WHERE published_at IS NOT NULL").Scan(&marked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if marked != 10 {
+		t.Fatalf("%d rows marked published, want 10", marked)
+	}
+	n, err := r.PrunePublished(context.Background(), time.Now().Add(2*time.Hour))
+	if err != nil || n != 10 || countRows(t, b, "outbox") != 0 {
+		t.Fatalf("PrunePublished: %d, %v; %d rows left", n, err, countRows(t, b, "outbox"))
+	}
+}
+
+func TestUnsafeWriterRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	for _, tc := range []struct {
+		mutate func(*kafka.Writer)
+		want   string
+	}{
+		{func(w *kafka.Writer) { w.RequiredAcks = kafka.RequireOne }, "RequireAll"},
+		{func(w *kafka.Writer) { w.Async = true }, "Async"},
+		{func(w *kafka.Writer) { w.Balancer = &kafka.RoundRobin{} }, "key-hash balancer"},
+		{func(w *kafka.Writer) { w.Balancer = nil }, "round robin"},
+		{func(w *kafka.Writer) { w.BatchTimeout = 0 }, "BatchTimeout"},
+		{func(w *kafka.Writer) { w.Topic = "fixed" }, "Writer.Topic"},
+	} {
+		w := outbox.NewWriter(kafkatest.Brokers()...)
+		tc.mutate(w)
+		cfg := b.relay
+		cfg.Writer = w
+		_, err := outbox.NewRelay(b.pool, cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("got %v, want an error mentioning %q", err, tc.want)
+		}
+	}
+	cfg := b.relay
+	cfg.Brokers = nil
+	if _, err := outbox.NewRelay(b.pool, cfg); err == nil {
+		t.Error("NewRelay without brokers or writer succeeded")
+	}
+	cfg = b.relay
+	cfg.Outbox.Schema = "never_migrated"
+	r, err := outbox.NewRelay(b.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("Run on an unmigrated table: %v", err)
+	}
+	cfg = b.relay
+	cfg.Brokers = []string{"127.0.0.1:1"}
+	r, err = outbox.NewRelay(b.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "no Kafka broker answers") {
+		t.Errorf("Run without Kafka: %v", err)
+	}
+}
+
+func TestEnqueueValidation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	for _, m := range []outbox.Message{
+		{Value: []byte("no topic")},
+		{Topic: b.topic, ID: "not-a-uuid"},
+		{Topic: b.topic, Headers: []kafka.Header{{Key: outbox.HeaderMessageID, Value: []byte("x")}}},
+	} {
+		if _, err := b.ob.Enqueue(context.Background(), b.pool, m); !errors.Is(err, outbox.ErrInvalidMessage) {
+			t.Errorf("Enqueue(%+v): got %v, want ErrInvalidMessage", m, err)
+		}
+	}
+	if countRows(t, b, "outbox") != 0 {
+		t.Fatal("an invalid message was enqueued")
+	}
+	ids, err := b.ob.Enqueue(context.Background(), b.pool, outbox.Message{Topic: b.topic, ID: "0190C5A2-7B1E-7C3D-9E4F-A1B2C3D4E5F6"})
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("Enqueue with an explicit ID: %v %v", ids, err)
+	}
+	for _, cfg := range []outbox.Config{{Shards: -1}, {Table: strings.Repeat("x", 60)}, {NotifyWindow: -2}} {
+		if _, err := outbox.New(cfg); err == nil {
+			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+}

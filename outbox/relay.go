@@ -1,0 +1,749 @@
+package outbox
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/exactlyhq/exactly/internal/testhook"
+)
+
+// Defaults of RelayConfig.
+const (
+	BatchSizeDefault       = 500
+	PollIntervalDefault    = 500 * time.Millisecond
+	LingerDefault          = 100 * time.Millisecond
+	LingerPollDefault      = 2 * time.Millisecond
+	MaxAttemptsDefault     = 10
+	RetryInitialDefault    = 100 * time.Millisecond
+	RetryMaxDefault        = 10 * time.Second
+	LockIntervalDefault    = time.Second
+	ShutdownTimeoutDefault = 10 * time.Second
+	PruneIntervalDefault   = time.Minute
+	PruneBatchSizeDefault  = 1000
+)
+
+// Reasons recorded with an outbox dead letter.
+const (
+	ReasonTooLarge     = "too_large"     // the broker or writer refuses its size
+	ReasonUnknownTopic = "unknown_topic" // the topic does not exist or is invalid
+	ReasonRejected     = "rejected"      // another error that retrying cannot fix
+)
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	// Outbox names the table and its shards; it must match the writers'.
+	Outbox Config
+	// Brokers are Kafka bootstrap addresses, used to build a NewWriter when
+	// Writer is nil.
+	Brokers []string
+	// Writer publishes. It must be synchronous, wait for all in-sync
+	// replicas, partition by key hash and flush within MaxBatchTimeout;
+	// NewRelay refuses it otherwise. Defaults to NewWriter(Brokers...).
+	Writer *kafka.Writer
+	// BatchSize is the most rows published per round per shard.
+	// Defaults to 500.
+	BatchSize int
+	// PollInterval is how often an idle shard looks for rows without being
+	// notified. Defaults to 500ms; notifications make it a fallback.
+	PollInterval time.Duration
+	// Linger is how long a shard keeps polling every LingerPoll after it
+	// last found rows, to catch rows enqueued inside another writer's
+	// NotifyWindow. Default to 100ms and 2ms.
+	Linger, LingerPoll time.Duration
+	// MaxAttempts is how often a row may fail for a reason retrying cannot
+	// fix (too large, unknown topic) before it moves to the dead-letter
+	// table. Failures while Kafka is unreachable never dead-letter a row.
+	// Defaults to 10.
+	MaxAttempts int
+	// RetryInitial and RetryMax bound the backoff after failed publishes.
+	// Default to 100ms and 10s.
+	RetryInitial, RetryMax time.Duration
+	// LockInterval is how often a relay tries to take shards no relay owns,
+	// which bounds how long a dead relay's shards stay unpublished.
+	// Defaults to 1s.
+	LockInterval time.Duration
+	// KeepPublished keeps published rows (marked published_at) this long,
+	// for audit, and prunes them in batches of PruneBatchSize every
+	// PruneInterval. Defaults to 0: rows are deleted once acknowledged.
+	KeepPublished time.Duration
+	// PruneInterval and PruneBatchSize pace the pruning of kept rows.
+	// Default to 1m and 1000.
+	PruneInterval  time.Duration
+	PruneBatchSize int
+	// ShutdownTimeout bounds how long Run spends finishing in-flight rounds
+	// after its context ends. Defaults to 10s.
+	ShutdownTimeout time.Duration
+	// Logger receives structured logs. Defaults to slog.Default().
+	Logger *slog.Logger
+	// MeterProvider receives metrics. Defaults to a no-op provider.
+	MeterProvider metric.MeterProvider
+}
+
+func (c RelayConfig) withDefaults() RelayConfig {
+	c.Outbox = c.Outbox.withDefaults()
+	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
+	c.PollInterval = cmp.Or(c.PollInterval, PollIntervalDefault)
+	c.Linger = cmp.Or(c.Linger, LingerDefault)
+	c.LingerPoll = cmp.Or(c.LingerPoll, LingerPollDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryInitial = cmp.Or(c.RetryInitial, RetryInitialDefault)
+	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
+	c.LockInterval = cmp.Or(c.LockInterval, LockIntervalDefault)
+	c.PruneInterval = cmp.Or(c.PruneInterval, PruneIntervalDefault)
+	c.PruneBatchSize = cmp.Or(c.PruneBatchSize, PruneBatchSizeDefault)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = noop.NewMeterProvider()
+	}
+	return c
+}
+
+func (c RelayConfig) validate() error {
+	if err := c.Outbox.validate(); err != nil {
+		return err
+	}
+	var errs []error
+	if c.Writer == nil && len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("outbox: RelayConfig.Brokers: required when Writer is nil"))
+	}
+	if c.BatchSize < 1 || c.BatchSize > MaxEnqueue {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.BatchSize: %d is not in 1..%d", c.BatchSize, MaxEnqueue))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))
+	}
+	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "Linger": c.Linger, "LingerPoll": c.LingerPoll,
+		"RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax, "LockInterval": c.LockInterval, "KeepPublished": c.KeepPublished,
+		"PruneInterval": c.PruneInterval, "ShutdownTimeout": c.ShutdownTimeout} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("outbox: RelayConfig.%s: negative duration %v", name, d))
+		}
+	}
+	if c.RetryMax < c.RetryInitial {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.RetryMax: %v is less than RetryInitial %v", c.RetryMax, c.RetryInitial))
+	}
+	if c.PruneBatchSize < 1 {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.PruneBatchSize: must be positive, got %d", c.PruneBatchSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Relay publishes outbox rows to Kafka. Run any number of relays for one
+// table: each shard is owned by one relay at a time (a session advisory
+// lock), and the others take it over within LockInterval when its owner dies.
+type Relay struct {
+	pool   *pgxpool.Pool
+	cfg    RelayConfig
+	writer *kafka.Writer
+	ownW   bool // the relay built the writer and closes it
+	ob     *Outbox
+	log    *slog.Logger
+
+	published, failures, dead metric.Int64Counter
+	latency                   metric.Float64Histogram
+	owned                     atomic.Int64
+	attrs                     metric.MeasurementOption
+
+	running atomic.Bool
+}
+
+// NewRelay returns a Relay for the outbox table cfg.Outbox names.
+func NewRelay(pool *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
+	if pool == nil {
+		return nil, errors.New("outbox: NewRelay: pool is nil")
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ob, err := New(cfg.Outbox)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{pool: pool, cfg: cfg, ob: ob, writer: cfg.Writer,
+		log:   cfg.Logger.With("outbox", cfg.Outbox.Schema+"."+cfg.Outbox.Table),
+		attrs: metric.WithAttributes(attribute.String("table", cfg.Outbox.Schema+"."+cfg.Outbox.Table))}
+	if r.writer == nil {
+		// Run builds its own writer, so that each Run can close it.
+		r.ownW = true
+		if err := checkWriter(NewWriter(cfg.Brokers...)); err != nil {
+			return nil, err
+		}
+	} else if err := checkWriter(r.writer); err != nil {
+		return nil, err
+	}
+	if err := r.initMetrics(); err != nil {
+		return nil, fmt.Errorf("outbox: metrics: %w", err)
+	}
+	return r, nil
+}
+
+// Metric names, each with the attribute "table".
+const (
+	MetricPublished    = "exactly.outbox.published"
+	MetricFailures     = "exactly.outbox.publish_failures"
+	MetricDeadLettered = "exactly.outbox.dead_lettered"
+	MetricLatency      = "exactly.outbox.latency"
+	MetricOwnedShards  = "exactly.outbox.owned_shards"
+)
+
+func (r *Relay) initMetrics() error {
+	m := r.cfg.MeterProvider.Meter("github.com/exactlyhq/exactly/outbox")
+	var err error
+	if r.published, err = m.Int64Counter(MetricPublished, metric.WithDescription("Rows published and acknowledged.")); err != nil {
+		return err
+	}
+	if r.failures, err = m.Int64Counter(MetricFailures, metric.WithDescription("Rows whose publish failed, by class (transient, permanent).")); err != nil {
+		return err
+	}
+	if r.dead, err = m.Int64Counter(MetricDeadLettered, metric.WithDescription("Rows moved to the dead-letter table.")); err != nil {
+		return err
+	}
+	if r.latency, err = m.Float64Histogram(MetricLatency, metric.WithUnit("s"), metric.WithDescription("Time from enqueue to Kafka acknowledgement.")); err != nil {
+		return err
+	}
+	_, err = m.Int64ObservableGauge(MetricOwnedShards, metric.WithDescription("Shards this relay owns."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(r.owned.Load(), r.attrs)
+			return nil
+		}))
+	return err
+}
+
+// Run publishes until ctx ends, then finishes in-flight rounds (within
+// ShutdownTimeout) and returns nil. It returns an error at once when
+// Postgres, the table or Kafka is unreachable at start; later outages are
+// retried with backoff and logged.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("outbox: relay already running")
+	}
+	defer r.running.Store(false)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if r.ownW {
+		r.writer = NewWriter(r.cfg.Brokers...)
+		defer func() {
+			_ = r.writer.Close()
+			// Close leaves the transport's connections (and their
+			// goroutines) open.
+			if t, ok := r.writer.Transport.(*kafka.Transport); ok {
+				t.CloseIdleConnections()
+			}
+		}()
+	}
+	if err := r.preflight(ctx); err != nil {
+		return err
+	}
+	// work ends ShutdownTimeout after ctx, so a round in flight can finish.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(r.cfg.ShutdownTimeout, cancelWork)
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	defer stop()
+
+	wakes := make([]chan struct{}, r.cfg.Outbox.Shards)
+	for i := range wakes {
+		wakes[i] = make(chan struct{}, 1)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.listen(ctx, wakes)
+	}()
+	for shard := range r.cfg.Outbox.Shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.runShard(ctx, work, shard, wakes[shard])
+		}()
+	}
+	if r.cfg.KeepPublished > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.prune(ctx)
+		}()
+	}
+	r.log.Info("relay started", "shards", r.cfg.Outbox.Shards)
+	wg.Wait()
+	r.log.Info("relay stopped")
+	return nil
+}
+
+func (r *Relay) preflight(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := r.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("outbox: Postgres unreachable: %w", err)
+	}
+	table := pgx.Identifier{r.cfg.Outbox.Schema, r.cfg.Outbox.Table}.Sanitize()
+	var exists bool
+	if err := r.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+		return fmt.Errorf("outbox: check table: %w", err)
+	}
+	if !exists {
+		return fmt.Errorf("outbox: table %s does not exist; run outbox.Migrate or `exactly migrate up`", table)
+	}
+	var errs []error
+	for _, addr := range splitAddr(r.writer.Addr) {
+		conn, err := kafka.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			_, err = conn.ApiVersions()
+			_ = conn.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("outbox: no Kafka broker answers at %v: %w", r.writer.Addr, errors.Join(errs...))
+}
+
+func splitAddr(a interface{ String() string }) []string {
+	var out []string
+	start := 0
+	s := a.String()
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// listen wakes every shard on each notification, on a connection of its
+// own, re-established after loss. A reconnect wakes every shard too:
+// notifications sent while it was down are lost.
+func (r *Relay) listen(ctx context.Context, wakes []chan struct{}) {
+	wakeAll := func() {
+		for _, w := range wakes {
+			select {
+			case w <- struct{}{}:
+			default:
+			}
+		}
+	}
+	bo := r.newBackoff()
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, wakeAll, bo)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := bo.NextBackOff()
+		r.log.Warn("LISTEN connection lost; polling until it is back", "err", err, "backoff", wait)
+		if !sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context, wakeAll func(), bo backoff.BackOff) error {
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{r.cfg.Outbox.Channel()}.Sanitize()); err != nil {
+		return err
+	}
+	bo.Reset()
+	wakeAll()
+	testhook.Run("outbox.listening")
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		wakeAll()
+	}
+}
+
+func (r *Relay) newBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = r.cfg.RetryInitial
+	bo.MaxInterval = r.cfg.RetryMax
+	bo.MaxElapsedTime = 0 // outages are waited out, never given up on
+	bo.Reset()
+	return bo
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// runShard owns the shard whenever no other relay does and publishes it.
+func (r *Relay) runShard(ctx, work context.Context, shard int, wake <-chan struct{}) {
+	log := r.log.With("shard", shard)
+	// Spread the first lock attempts of relays started together.
+	if !sleep(ctx, time.Duration(rand.Int64N(int64(r.cfg.LockInterval)/4+1))) {
+		return
+	}
+	for ctx.Err() == nil {
+		conn, err := r.own(ctx, shard)
+		if err != nil {
+			log.Warn("cannot try the shard lock", "err", err)
+		}
+		if conn == nil {
+			if !sleep(ctx, r.cfg.LockInterval) {
+				return
+			}
+			continue
+		}
+		r.owned.Add(1)
+		log.Info("shard owned")
+		err = r.publishShard(ctx, work, conn, shard, wake, log)
+		r.owned.Add(-1)
+		// Closing the session releases the advisory lock.
+		_ = conn.Close(context.WithoutCancel(ctx))
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("shard released after an error; retaking it", "err", err)
+		if !sleep(ctx, r.cfg.RetryInitial) {
+			return
+		}
+	}
+}
+
+// own returns a connection holding the shard's advisory lock, or nil when
+// another relay owns the shard.
+func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
+	c, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var got bool
+	key := "exactly.outbox:" + r.cfg.Outbox.Schema + "." + r.cfg.Outbox.Table + ":" + strconv.Itoa(shard)
+	if err := c.QueryRow(ctx, r.ob.sql["lock_shard"], key).Scan(&got); err != nil {
+		c.Release()
+		return nil, err
+	}
+	if !got {
+		c.Release()
+		return nil, nil
+	}
+	// The lock lives as long as the session: take the connection out of
+	// the pool so that nobody else uses (or resets) it.
+	return c.Hijack(), nil
+}
+
+// row is one outbox row being published.
+type row struct {
+	id        int64
+	messageID string
+	topic     string
+	key       []byte
+	value     []byte
+	headers   []byte
+	createdAt time.Time
+	attempts  int
+}
+
+// blockedKey is a key whose oldest row failed for a reason that retrying
+// may not fix. Its later rows wait; the row is retried alone.
+type blockedKey struct {
+	id      int64
+	retryAt time.Time
+}
+
+func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard int, wake <-chan struct{}, log *slog.Logger) error {
+	bo := r.newBackoff()
+	blocked := map[string]*blockedKey{}
+	var lingerUntil time.Time
+	for ctx.Err() == nil {
+		next, err := r.retryBlocked(work, conn, blocked, log)
+		if err != nil {
+			return err
+		}
+		keys := make([][]byte, 0, len(blocked))
+		for k := range blocked {
+			keys = append(keys, []byte(k))
+		}
+		rows, err := r.fetch(work, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, keys)
+		if err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			wait := r.cfg.PollInterval
+			if time.Now().Before(lingerUntil) {
+				wait = r.cfg.LingerPoll
+			}
+			if !next.IsZero() {
+				wait = min(wait, time.Until(next))
+			}
+			t := time.NewTimer(max(wait, 0))
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		lingerUntil = time.Now().Add(r.cfg.Linger)
+		transient, err := r.publishRows(work, conn, rows, blocked, log)
+		if err != nil {
+			return err
+		}
+		if transient != nil {
+			wait := bo.NextBackOff()
+			log.Warn("publish failed; rows stay in the outbox", "rows", len(rows), "backoff", wait, "err", transient)
+			if !sleep(ctx, wait) {
+				return nil
+			}
+			continue
+		}
+		bo.Reset()
+	}
+	return nil
+}
+
+// retryBlocked publishes the head row of each blocked key whose retry is
+// due, alone, and returns when the next retry is due.
+func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, blocked map[string]*blockedKey, log *slog.Logger) (time.Time, error) {
+	var next time.Time
+	now := time.Now()
+	for k, b := range blocked {
+		if b.retryAt.After(now) {
+			if next.IsZero() || b.retryAt.Before(next) {
+				next = b.retryAt
+			}
+			continue
+		}
+		rows, err := r.fetch(ctx, conn, r.ob.sql["fetch_ids"], []int64{b.id})
+		if err != nil {
+			return next, err
+		}
+		if len(rows) == 0 { // published or dead-lettered by another relay
+			delete(blocked, k)
+			continue
+		}
+		if _, err := r.publishRows(ctx, conn, rows, blocked, log); err != nil {
+			return next, err
+		}
+		if nb, ok := blocked[k]; ok && (next.IsZero() || nb.retryAt.Before(next)) {
+			next = nb.retryAt
+		}
+	}
+	return next, nil
+}
+
+func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ...any) ([]row, error) {
+	rows, err := conn.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	var out []row
+	var x row
+	_, err = pgx.ForEachRow(rows, []any{&x.id, &x.messageID, &x.topic, &x.key, &x.value, &x.headers, &x.createdAt, &x.attempts}, func() error {
+		out = append(out, x)
+		x = row{}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	return out, nil
+}
+
+// publishRows publishes rows in one write and settles each in the database:
+// acknowledged rows are removed (or marked), failed rows record the failure.
+// It returns the error of a transient failure, after which the caller backs
+// off, and an error only when the database could not record the outcome.
+func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
+	msgs := make([]kafka.Message, len(rows))
+	for i, x := range rows {
+		var hs []header
+		if err := json.Unmarshal(x.headers, &hs); err != nil {
+			return nil, fmt.Errorf("row %d: headers: %w", x.id, err)
+		}
+		kh := make([]kafka.Header, 0, len(hs)+1)
+		for _, h := range hs {
+			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
+		}
+		kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
+		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
+	}
+	werr := r.writer.WriteMessages(ctx, msgs...)
+	errs := make([]error, len(rows))
+	var we kafka.WriteErrors
+	switch {
+	case werr == nil:
+	case errors.As(werr, &we) && len(we) == len(rows):
+		copy(errs, we)
+	default:
+		for i := range errs {
+			errs[i] = werr
+		}
+	}
+	var okIDs, failIDs []int64
+	var failTexts []string
+	now := time.Now()
+	for i, x := range rows {
+		if errs[i] == nil {
+			okIDs = append(okIDs, x.id)
+			r.latency.Record(ctx, now.Sub(x.createdAt).Seconds(), r.attrs)
+		} else {
+			failIDs = append(failIDs, x.id)
+			failTexts = append(failTexts, errs[i].Error())
+		}
+	}
+	if len(okIDs) > 0 {
+		testhook.Run("outbox.after-publish")
+		q := r.ob.sql["delete"]
+		if r.cfg.KeepPublished > 0 {
+			q = r.ob.sql["mark_published"]
+		}
+		if _, err := conn.Exec(ctx, q, okIDs); err != nil {
+			return nil, fmt.Errorf("remove %d published rows (they will be published again): %w", len(okIDs), err)
+		}
+		r.published.Add(ctx, int64(len(okIDs)), r.attrs)
+		for i, x := range rows {
+			if errs[i] == nil {
+				if b, ok := blocked[string(x.key)]; ok && b.id == x.id {
+					delete(blocked, string(x.key))
+				}
+			}
+		}
+	}
+	if len(failIDs) == 0 {
+		return nil, nil
+	}
+	attempts := map[int64]int{}
+	res, err := conn.Query(ctx, r.ob.sql["record_failure"], failIDs, failTexts)
+	if err != nil {
+		return nil, fmt.Errorf("record failures: %w", err)
+	}
+	var id int64
+	var n int
+	if _, err := pgx.ForEachRow(res, []any{&id, &n}, func() error { attempts[id] = n; return nil }); err != nil {
+		return nil, fmt.Errorf("record failures: %w", err)
+	}
+	order := make([]int, 0, len(failIDs))
+	for i := range rows {
+		if errs[i] != nil {
+			order = append(order, i)
+		}
+	}
+	sort.Slice(order, func(a, b int) bool { return rows[order[a]].id < rows[order[b]].id })
+	for _, i := range order {
+		x, e := rows[i], errs[i]
+		reason := permanentReason(e)
+		if reason == "" {
+			r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "transient")))
+			transient = e
+			continue
+		}
+		r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
+		k := string(x.key)
+		if attempts[x.id] >= r.cfg.MaxAttempts {
+			if _, err := conn.Exec(ctx, r.ob.sql["dead_letter"], x.id, reason, e.Error()); err != nil {
+				return nil, fmt.Errorf("dead-letter row %d: %w", x.id, err)
+			}
+			r.dead.Add(ctx, 1, r.attrs)
+			log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "attempts", attempts[x.id], "err", e)
+			if b, ok := blocked[k]; ok && b.id == x.id {
+				delete(blocked, k)
+			}
+			continue
+		}
+		if b, ok := blocked[k]; !ok || b.id == x.id {
+			wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(attempts[x.id], 20))
+			blocked[k] = &blockedKey{id: x.id, retryAt: time.Now().Add(wait)}
+			log.Warn("outbox row failed; its key waits while it is retried", "id", x.id, "topic", x.topic, "attempt", attempts[x.id], "max_attempts", r.cfg.MaxAttempts, "retry_in", wait, "err", e)
+		}
+	}
+	return transient, nil
+}
+
+// permanentReason classifies a publish error that retrying will not fix,
+// or returns "" for one that it may (an unreachable broker, a leader
+// election, a timeout).
+func permanentReason(err error) string {
+	var tooLarge kafka.MessageTooLargeError
+	if errors.As(err, &tooLarge) {
+		return ReasonTooLarge
+	}
+	var kerr kafka.Error
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
+			return ReasonTooLarge
+		case kafka.UnknownTopicOrPartition, kafka.InvalidTopic, kafka.TopicAuthorizationFailed:
+			return ReasonUnknownTopic
+		case kafka.InvalidRecord, kafka.UnsupportedForMessageFormat:
+			return ReasonRejected
+		}
+	}
+	return ""
+}
+
+// prune deletes published rows older than KeepPublished in bounded batches.
+func (r *Relay) prune(ctx context.Context) {
+	t := time.NewTicker(r.cfg.PruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := r.PrunePublished(ctx, time.Now().Add(-r.cfg.KeepPublished))
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("pruning published rows failed", "err", err)
+		} else if n > 0 {
+			r.log.Debug("pruned published rows", "rows", n)
+		}
+	}
+}
+
+// PrunePublished deletes rows published before before, PruneBatchSize per
+// statement, and returns how many it deleted.
+func (r *Relay) PrunePublished(ctx context.Context, before time.Time) (int64, error) {
+	var total int64
+	for {
+		tag, err := r.pool.Exec(ctx, r.ob.sql["prune_published"], before, r.cfg.PruneBatchSize)
+		if err != nil {
+			return total, fmt.Errorf("outbox: prune: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(r.cfg.PruneBatchSize) {
+			return total, nil
+		}
+	}
+}

@@ -1,0 +1,1 @@
+DELETE FROM {{.Table}} WHERE id = ANY ($1::int8[])
