@@ -1,0 +1,65 @@
+// Package consumer runs a Kafka consumer group whose handlers apply each
+// message's database effects exactly once.
+//
+// A handler receives the transaction that claimed the message's token in
+// the inbox; everything it writes through that pgx.Tx commits together with
+// the token. Offsets are committed to Kafka only after that transaction
+// committed. So a message is applied at least once (nothing is acknowledged
+// before it is committed) and at most once per token (a redelivery finds the
+// token and is skipped).
+//
+// # Flow
+//
+// For each assigned partition (partitions run in parallel, each in order):
+//
+//  1. Fetch a batch: up to Config.BatchSize messages, waiting at most
+//     Config.BatchWait once the first arrived.
+//  2. Check each message: size, token ([inbox.TokenSource]). A message that
+//     fails is dead-lettered with its reason, never handled.
+//  3. Begin; claim every token in one statement; run the handler for each
+//     fresh message (or the [BatchHandler] once); dead-letter conflicts;
+//     commit.
+//  4. Commit the offset after the last message of the batch.
+//
+// If a handler fails, the batch transaction is rolled back and the batch is
+// run again with a savepoint per message, so the failing message neither
+// discards nor double-applies the others. The messages before it commit; it
+// is retried with exponential backoff; after Config.MaxAttempts failures (or
+// at once for [Permanent] errors and [ErrUndecodable]) it is written to the
+// dead-letter table in the same transaction that lets the offset pass it.
+// Panics in handlers are recovered and count as failures.
+//
+// Database errors outside handlers, and handler errors that are transient
+// database conditions (serialization failure, deadlock, lost connection),
+// retry the whole batch with backoff, forever: an outage is waited out,
+// never skipped and never dead-lettered.
+//
+// # Failure windows
+//
+//   - Crash before the database commit: nothing was committed; the batch is
+//     redelivered and processed.
+//   - Crash after the database commit, before the offset commit: the batch is
+//     redelivered; every token is found; nothing runs twice.
+//   - Lost COMMIT reply: the batch is retried; committed tokens come back as
+//     duplicates.
+//   - Rebalance: fetching stops; an in-flight transaction is rolled back
+//     when the generation ends; offsets are committed only for what
+//     Postgres committed. A new owner that claims a token still held by the
+//     old owner's open transaction waits for it, then skips it.
+//   - Shutdown (Run's context ends): fetching stops, in-flight batches get
+//     Config.ShutdownTimeout to commit, their offsets are committed, and the
+//     member leaves the group.
+//
+// # What exactly once covers
+//
+// Effects written through the handler's transaction. A handler that calls an
+// HTTP API or sends an e-mail may do so again when its transaction rolls
+// back or the batch is retried; put such effects in the outbox instead.
+//
+// # Dead letters
+//
+// The dead-letter table keeps the whole message (key, value, headers,
+// coordinates), the reason ([ReasonNoToken], [ReasonTokenConflict], …), the
+// last error and the attempt count. A dead-lettered message's token is not
+// claimed, so a replay of it is processed.
+package consumer

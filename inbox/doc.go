@@ -1,0 +1,65 @@
+// Package inbox records which messages were processed, in the same Postgres
+// transaction as their effects, so that a message delivered again is
+// recognised and skipped.
+//
+// # The guarantee
+//
+// A [Store] claims idempotency tokens inside the caller's pgx.Tx. The claim
+// is an INSERT … ON CONFLICT DO NOTHING on the primary key (scope, token):
+//
+//   - [Fresh]: the token is new. The caller applies the message's effects in
+//     the same transaction; the token and the effects commit together or not
+//     at all.
+//   - [Duplicate]: the token was committed before. Skip the message;
+//     [Claimed].Stored holds the result saved with [Store.SetResult].
+//   - [Conflict]: the token was committed with another payload fingerprint.
+//     The producer reused a token for different content; do not apply, do
+//     not silently skip.
+//
+// Two transactions claiming one token at once cannot both win: the second
+// waits on the primary key until the first ends, then sees Duplicate (the
+// first committed) or claims the token itself (the first rolled back).
+//
+// # Failure windows
+//
+//  1. Crash before COMMIT: token and effects roll back together; the message
+//     is redelivered and claimed fresh.
+//  2. Crash after COMMIT, before the Kafka offset commit: the message is
+//     redelivered; the claim finds the token; the effects are not applied
+//     again.
+//  3. COMMIT outcome unknown (connection lost during COMMIT): retry the
+//     whole transaction; if it had committed, the retry finds the token.
+//
+// # Tokens
+//
+// [ParseToken] normalises a token: a UUID in canonical form is stored as 16
+// bytes (so time-ordered UUIDv7 tokens append to the right edge of the
+// index), anything else as its bytes. A [TokenSource] finds the token of a
+// Kafka message: [FromHeader] (the default header is [DefaultHeader],
+// "Idempotency-Key", which the outbox sets), [FromCloudEvents], [FromKey],
+// [FromContentHash], [FromOffset] (redelivery protection only), [FromFunc],
+// and [FirstOf] to combine them. A message without a token yields an error
+// wrapping [ErrNoToken], never a panic.
+//
+// # Batches
+//
+// [Store.ClaimBatch] claims a whole batch in one round trip (arrays and
+// unnest). Measured on a 2-core machine, batches of 1000 claim ~100× more
+// tokens per second than one transaction per token (make bench-inbox).
+//
+// # Retention
+//
+// A token must outlive every way its message can come back: Kafka's
+// retention of the topic (a consumer group reset to the earliest offset
+// replays it), the 7-day expiry of an idle group's committed offsets (after
+// which the group restarts from its StartOffset), dead-letter replays and
+// producer retries. Keep tokens longer than the longest of these; 30 days is
+// a safe default for topics with 7-day retention. [Store.Prune] deletes
+// tokens older than a cut-off in transactions of Config.PruneBatchSize rows,
+// oldest first, and is safe while consumers run.
+//
+// # Tables
+//
+// [Migrate] (or [Migrations] with package migrate) creates the table named
+// by [Config]; schema and table names are quoted with pgx.Identifier.
+package inbox

@@ -1,0 +1,63 @@
+// Package outbox publishes messages to Kafka if and only if the transaction
+// that enqueued them commits.
+//
+// [Outbox.EnqueueTx] writes messages into the outbox table through the
+// caller's transaction, in one round trip. Each message gets a stable
+// message id, a UUIDv7, that the relay sends in the [HeaderMessageID]
+// header: the header a downstream consumer's inbox reads by default. A
+// [Relay] reads committed rows and publishes them, then removes them.
+//
+// # Order of operations
+//
+//  1. The application's transaction writes its data and enqueues messages.
+//     Commit makes both visible; rollback discards both.
+//  2. The relay reads the oldest rows of a shard, but only rows whose
+//     transaction is older than every transaction still running
+//     (xid < pg_snapshot_xmin): a row with a smaller id can then no longer
+//     appear, so rows are published in id order and none is skipped.
+//  3. It publishes them with acknowledgement from all in-sync replicas.
+//  4. It deletes them (or marks them published, with
+//     RelayConfig.KeepPublished).
+//
+// A crash between 3 and 4 publishes the rows again with the same message
+// ids; the downstream inbox skips them. Publishing is at least once;
+// processing downstream is exactly once.
+//
+// A long-running writing transaction holds pg_snapshot_xmin back, for the
+// whole cluster: rows committed after it started wait until it ends. Keep
+// transactions that write short; read-only transactions do not hold it.
+//
+// # Shards and relays
+//
+// Rows are sharded by a hash of the message key (Config.Shards). A relay
+// owns a shard while it holds a session advisory lock on a dedicated
+// connection; rows of one key are in one shard, so per-key order holds with
+// any number of relays. When a relay dies its session ends, the lock is
+// released, and another relay takes the shard within
+// RelayConfig.LockInterval. Change Config.Shards only when the outbox is
+// empty: rows already enqueued keep their old shard.
+//
+// # Wake-ups
+//
+// A relay LISTENs on the table's channel and polls every PollInterval as a
+// fallback, since notifications are lost while its connection is down. A
+// NOTIFY takes a cluster-wide lock at commit, so EnqueueTx sends at most one
+// per Config.NotifyWindow per process; after each wake-up the relay keeps
+// polling for RelayConfig.Linger to catch rows enqueued without one.
+//
+// # Failures
+//
+// If Kafka is unreachable, rows stay and publishing is retried with backoff,
+// forever. A row that fails for a reason retrying cannot fix (too large, an
+// unknown topic) blocks only its own key: it is retried alone with backoff
+// and after RelayConfig.MaxAttempts moved to the dead-letter table with its
+// reason; later rows of that key follow. Attempts and the last error are
+// kept on the row.
+//
+// # Table maintenance
+//
+// The outbox is a queue table: every row is inserted and soon deleted. The
+// migration sets aggressive autovacuum thresholds on it (scale factor 0.01)
+// so dead rows do not slow the relay's index scans; keep them unless you
+// tune vacuum for the whole database.
+package outbox
