@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -62,6 +64,9 @@ func (c Config) validate() error {
 	// Derived index names must fit too, or Postgres would truncate them.
 	if err := sqlname.Check("inbox: Config.Table (with suffix _processed_at_idx)", c.Table+"_processed_at_idx"); err != nil {
 		return err
+	}
+	if strings.ContainsRune(c.Scope, 0) || !utf8.ValidString(c.Scope) {
+		return fmt.Errorf("inbox: Config.Scope: %q is not valid UTF-8 text without NUL", c.Scope)
 	}
 	if c.PruneBatchSize < 1 {
 		return fmt.Errorf("inbox: Config.PruneBatchSize: must be positive, got %d", c.PruneBatchSize)
@@ -236,6 +241,9 @@ func (s *Store) Claim(ctx context.Context, tx pgx.Tx, r Request) (Claimed, error
 // commit fails with a serialization failure (SQLSTATE 40001); retry the
 // transaction. Under READ COMMITTED (the default) it resolves by itself.
 func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Claimed, error) {
+	if strings.ContainsRune(s.cfg.Scope, 0) || !utf8.ValidString(s.cfg.Scope) {
+		return nil, fmt.Errorf("inbox: scope %q is not valid UTF-8 text without NUL", s.cfg.Scope)
+	}
 	if len(reqs) > MaxBatch {
 		return nil, fmt.Errorf("inbox: ClaimBatch: %d requests, more than %d", len(reqs), MaxBatch)
 	}

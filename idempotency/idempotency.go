@@ -1,0 +1,379 @@
+package idempotency
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/exactlyhq/exactly/inbox"
+)
+
+// Defaults of Config.
+const (
+	HeaderDefault           = "Idempotency-Key"
+	MaxKeyLenDefault        = 255
+	MaxBodyBytesDefault     = 1 << 20
+	MaxResponseBytesDefault = 1 << 20
+	InFlightWaitDefault     = 0
+)
+
+// ReplayedHeader marks a response replayed from the store.
+const ReplayedHeader = "Idempotent-Replayed"
+
+// Config configures a Middleware. Pool is required.
+type Config struct {
+	// Pool runs each request's transaction.
+	Pool *pgxpool.Pool
+	// Inbox names the table that stores keys and responses. Its Scope is
+	// ignored: each key is scoped by endpoint and caller.
+	Inbox inbox.Config
+	// Header carries the key. Defaults to "Idempotency-Key".
+	Header string
+	// Optional lets requests without a key through, each in a transaction
+	// of its own with no replay protection. Defaults to false: a missing key
+	// is answered 400.
+	Optional bool
+	// Caller returns the authenticated caller of a request, so that one
+	// caller can neither replay nor block another's keys. An error answers
+	// 401. Defaults to every request being the same caller.
+	Caller func(*http.Request) (string, error)
+	// Endpoint names the operation a key belongs to. Defaults to the method
+	// and the route pattern (r.Pattern), or the path when there is none.
+	Endpoint func(*http.Request) string
+	// InFlightWait is how long a repeat waits for the first request with
+	// its key to finish before it is answered 409 Conflict. Defaults to 0:
+	// answer 409 at once.
+	InFlightWait time.Duration
+	// MaxKeyLen is the longest key accepted, in bytes. Defaults to 255.
+	MaxKeyLen int
+	// MaxBodyBytes is the largest request body accepted (413 above it).
+	// Defaults to 1 MiB.
+	MaxBodyBytes int64
+	// MaxResponseBytes is the largest response that can be stored for
+	// replay; a handler that writes more is rolled back and answered 500.
+	// Defaults to 1 MiB.
+	MaxResponseBytes int
+	// StoredHeaders are the response headers stored and replayed. Defaults
+	// to Content-Type and Location.
+	StoredHeaders []string
+	// Logger receives errors. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Middleware makes HTTP handlers idempotent per key, endpoint and caller.
+//
+// The first request with a key runs the handler inside a transaction
+// (reach it with Tx); its response, if below 500, is stored in the same
+// transaction and committed with the handler's writes. A repeat gets the
+// stored response, marked with the Idempotent-Replayed header. A repeat
+// with a different body is answered 422; a repeat while the first is still
+// running, 409 (or it waits, see Config.InFlightWait). A handler that
+// answers 500 or more, panics, or writes too much leaves nothing behind: a
+// retry runs it again.
+type Middleware struct {
+	cfg   Config
+	store *inbox.Store
+}
+
+// New returns a Middleware. It does not touch the database; create the
+// table with inbox.Migrate(ctx, pool, cfg.Inbox).
+func New(cfg Config) (*Middleware, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("idempotency: Config.Pool: required")
+	}
+	cfg.Header = cmp.Or(cfg.Header, HeaderDefault)
+	cfg.MaxKeyLen = cmp.Or(cfg.MaxKeyLen, MaxKeyLenDefault)
+	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, MaxBodyBytesDefault)
+	cfg.MaxResponseBytes = cmp.Or(cfg.MaxResponseBytes, MaxResponseBytesDefault)
+	if cfg.StoredHeaders == nil {
+		cfg.StoredHeaders = []string{"Content-Type", "Location"}
+	}
+	if cfg.Caller == nil {
+		cfg.Caller = func(*http.Request) (string, error) { return "", nil }
+	}
+	if cfg.Endpoint == nil {
+		cfg.Endpoint = func(r *http.Request) string {
+			if r.Pattern != "" {
+				return r.Pattern
+			}
+			return r.Method + " " + r.URL.Path
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	switch {
+	case cfg.MaxKeyLen < 1 || cfg.MaxKeyLen > inbox.MaxTokenLen:
+		return nil, fmt.Errorf("idempotency: Config.MaxKeyLen: %d is not in 1..%d", cfg.MaxKeyLen, inbox.MaxTokenLen)
+	case cfg.MaxBodyBytes < 1:
+		return nil, fmt.Errorf("idempotency: Config.MaxBodyBytes: must be positive, got %d", cfg.MaxBodyBytes)
+	case cfg.MaxResponseBytes < 1:
+		return nil, fmt.Errorf("idempotency: Config.MaxResponseBytes: must be positive, got %d", cfg.MaxResponseBytes)
+	case cfg.InFlightWait < 0:
+		return nil, fmt.Errorf("idempotency: Config.InFlightWait: negative duration %v", cfg.InFlightWait)
+	}
+	store, err := inbox.New(cfg.Pool, cfg.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("idempotency: %w", err)
+	}
+	return &Middleware{cfg: cfg, store: store}, nil
+}
+
+type txKey struct{}
+
+// Tx returns the transaction of the request being handled, or nil outside
+// a Middleware. Write through it: its writes commit with the stored
+// response, or not at all.
+func Tx(ctx context.Context) pgx.Tx {
+	tx, _ := ctx.Value(txKey{}).(pgx.Tx)
+	return tx
+}
+
+// stored is the response kept for replay.
+type stored struct {
+	Status  int                 `json:"status"`
+	Headers map[string][]string `json:"headers,omitempty"`
+	Body    []byte              `json:"body"`
+}
+
+// Wrap returns h made idempotent.
+func (m *Middleware) Wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get(m.cfg.Header)
+		if key == "" && m.cfg.Optional {
+			m.serveWithoutKey(w, r, h)
+			return
+		}
+		if key == "" {
+			problem(w, http.StatusBadRequest, "missing "+m.cfg.Header+" header")
+			return
+		}
+		if len(key) > m.cfg.MaxKeyLen || !printable(key) {
+			problem(w, http.StatusBadRequest, fmt.Sprintf("%s must be 1 to %d printable ASCII characters", m.cfg.Header, m.cfg.MaxKeyLen))
+			return
+		}
+		tok, err := inbox.ParseToken(key)
+		if err != nil {
+			problem(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		caller, err := m.cfg.Caller(r)
+		if err != nil {
+			problem(w, http.StatusUnauthorized, "unauthenticated")
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, m.cfg.MaxBodyBytes+1))
+		if err != nil {
+			problem(w, http.StatusBadRequest, "cannot read body: "+err.Error())
+			return
+		}
+		if int64(len(body)) > m.cfg.MaxBodyBytes {
+			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", m.cfg.MaxBodyBytes))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		// The scope keeps keys of different endpoints and callers apart. An
+		// endpoint has no newline, so the first one separates the two.
+		store := m.store.WithScope(m.cfg.Endpoint(r) + "\n" + caller)
+		fp := fingerprint(r, body)
+		m.serve(w, r, h, store, tok, fp)
+	})
+}
+
+func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handler, store *inbox.Store, tok inbox.Token, fp []byte) {
+	ctx := r.Context()
+	tx, err := m.cfg.Pool.Begin(ctx)
+	if err != nil {
+		m.internal(w, "begin", err)
+		return
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	// A claim of a key whose first request is still running waits on the
+	// inbox's primary key; lock_timeout bounds that wait.
+	wait := max(m.cfg.InFlightWait, time.Millisecond)
+	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(wait.Milliseconds(), 10)+"ms"); err != nil {
+		m.internal(w, "set lock_timeout", err)
+		return
+	}
+	c, err := store.Claim(ctx, tx, inbox.Request{Token: tok, Fingerprint: fp})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+		w.Header().Set("Retry-After", "1")
+		problem(w, http.StatusConflict, "a request with this "+m.cfg.Header+" is still being processed")
+		return
+	}
+	if err != nil {
+		m.internal(w, "claim", err)
+		return
+	}
+	switch c.Outcome {
+	case inbox.Duplicate:
+		var s stored
+		if err := json.Unmarshal(c.Stored, &s); err != nil {
+			m.internal(w, "decode stored response", err)
+			return
+		}
+		for k, vs := range s.Headers {
+			w.Header()[k] = vs
+		}
+		w.Header().Set(ReplayedHeader, "true")
+		w.WriteHeader(s.Status)
+		_, _ = w.Write(s.Body)
+		return
+	case inbox.Conflict:
+		problem(w, http.StatusUnprocessableEntity, "this "+m.cfg.Header+" was used with a different request")
+		return
+	}
+	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', '0', true)"); err != nil {
+		m.internal(w, "reset lock_timeout", err)
+		return
+	}
+	rec := &recorder{header: http.Header{}, limit: m.cfg.MaxResponseBytes}
+	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
+		m.internal(w, "handler", errors.New("panicked"))
+		return
+	}
+	switch {
+	case rec.overflow:
+		m.cfg.Logger.Error("idempotency: response too large to store; rolled back", "limit", m.cfg.MaxResponseBytes, "endpoint", m.cfg.Endpoint(r))
+		problem(w, http.StatusInternalServerError, fmt.Sprintf("response larger than %d bytes cannot be stored for replay; nothing was done", m.cfg.MaxResponseBytes))
+		return
+	case rec.status >= 500:
+		rec.flush(w) // rolled back by the deferred Rollback: a retry runs again
+		return
+	}
+	s := stored{Status: rec.status, Headers: map[string][]string{}, Body: rec.body.Bytes()}
+	for _, k := range m.cfg.StoredHeaders {
+		if vs := rec.header.Values(k); len(vs) > 0 {
+			s.Headers[http.CanonicalHeaderKey(k)] = vs
+		}
+	}
+	raw, err := json.Marshal(s)
+	if err != nil {
+		m.internal(w, "encode response", err)
+		return
+	}
+	if err := store.SetResult(ctx, tx, tok, raw); err != nil {
+		m.internal(w, "store response", err)
+		return
+	}
+	if err := tx.Commit(ctx); err != nil {
+		m.internal(w, "commit", err)
+		return
+	}
+	rec.flush(w)
+}
+
+func (m *Middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request, h http.Handler) {
+	ctx := r.Context()
+	tx, err := m.cfg.Pool.Begin(ctx)
+	if err != nil {
+		m.internal(w, "begin", err)
+		return
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
+	rec := &recorder{header: http.Header{}, limit: int(m.cfg.MaxBodyBytes) + m.cfg.MaxResponseBytes}
+	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
+		m.internal(w, "handler", errors.New("panicked"))
+		return
+	}
+	if rec.status < 500 {
+		if err := tx.Commit(ctx); err != nil {
+			m.internal(w, "commit", err)
+			return
+		}
+	}
+	rec.flush(w)
+}
+
+// run calls h and reports false if it panicked.
+func (m *Middleware) run(w http.ResponseWriter, r *http.Request, h http.Handler) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			m.cfg.Logger.Error("idempotency: handler panicked; rolled back", "panic", v)
+			ok = false
+		}
+	}()
+	h.ServeHTTP(w, r)
+	return true
+}
+
+func (m *Middleware) internal(w http.ResponseWriter, what string, err error) {
+	m.cfg.Logger.Error("idempotency: "+what+" failed", "err", err)
+	problem(w, http.StatusInternalServerError, "internal error; nothing was done, retry with the same key")
+}
+
+// fingerprint identifies the request a key was first used for.
+func fingerprint(r *http.Request, body []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(r.Method + " " + r.URL.RequestURI() + "\x00"))
+	h.Write(body)
+	return h.Sum(nil)[:16]
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func problem(w http.ResponseWriter, status int, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "title": http.StatusText(status), "detail": detail})
+}
+
+// recorder buffers a response so it can be stored before it is sent.
+type recorder struct {
+	header   http.Header
+	status   int
+	body     bytes.Buffer
+	limit    int
+	overflow bool
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	if r.body.Len()+len(p) > r.limit {
+		r.overflow = true
+		return 0, errors.New("idempotency: response too large")
+	}
+	return r.body.Write(p)
+}
+
+func (r *recorder) flush(w http.ResponseWriter) {
+	for k, vs := range r.header {
+		w.Header()[k] = vs
+	}
+	w.WriteHeader(cmp.Or(r.status, http.StatusOK))
+	_, _ = w.Write(r.body.Bytes())
+}

@@ -1,0 +1,351 @@
+package idempotency_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/exactlyhq/exactly/idempotency"
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type bundle struct {
+	pool   *pgxpool.Pool
+	server *httptest.Server
+	orders string
+	calls  *atomic.Int32
+	// release, when set, makes the handler wait for it before answering.
+	release chan struct{}
+	started chan struct{}
+}
+
+// setup serves POST /orders: it inserts an order row through the request's
+// transaction and answers 201 with the order id. A body of "fail" answers
+// 500, "panic" panics, "big" writes 2 MiB.
+func setup(t *testing.T, mutate func(*idempotency.Config)) *bundle {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	schema := pgtest.Schema(t, pool)
+	ctx := context.Background()
+	cfg := idempotency.Config{Pool: pool, Inbox: inbox.Config{Schema: schema},
+		Caller: func(r *http.Request) (string, error) {
+			if u := r.Header.Get("X-User"); u != "" {
+				return u, nil
+			}
+			return "", errors.New("no user")
+		}}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err := inbox.Migrate(ctx, pool, cfg.Inbox); err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{pool: pool, orders: pgx.Identifier{schema, "orders"}.Sanitize(), calls: &atomic.Int32{}, started: make(chan struct{}, 100)}
+	if _, err := pool.Exec(ctx, "CREATE TABLE "+b.orders+" (id bigserial PRIMARY KEY, body text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	mw, err := idempotency.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /orders", mw.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.calls.Add(1)
+		b.started <- struct{}{}
+		if b.release != nil {
+			<-b.release
+		}
+		body, _ := io.ReadAll(r.Body)
+		var id int64
+		if err := idempotency.Tx(r.Context()).QueryRow(r.Context(), "INSERT INTO "+b.orders+" (body) VALUES ($1) RETURNING id", string(body)).Scan(&id); err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		switch string(body) {
+		case "fail":
+			http.Error(w, "downstream unavailable", http.StatusServiceUnavailable)
+			return
+		case "panic":
+			panic("handler bug")
+		case "big":
+			w.Write(make([]byte, 2<<20)) //nolint:errcheck
+			return
+		case "invalid":
+			http.Error(w, "invalid order", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Location", fmt.Sprintf("/orders/%d", id))
+		w.Header().Set("X-Not-Stored", "x")
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":%d}`, id)
+	})))
+	b.server = httptest.NewServer(mux)
+	t.Cleanup(b.server.Close)
+	return b
+}
+
+type response struct {
+	status   int
+	body     string
+	header   http.Header
+	replayed bool
+}
+
+func (b *bundle) post(t *testing.T, key, user, body string) response {
+	t.Helper()
+	req, err := http.NewRequest("POST", b.server.URL+"/orders", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	req.Header.Set("X-User", user)
+	resp, err := b.server.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return response{resp.StatusCode, string(raw), resp.Header, resp.Header.Get(idempotency.ReplayedHeader) == "true"}
+}
+
+func (b *bundle) orderCount(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.orders).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestFirstRunsRepeatReplays(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	first := b.post(t, "k-1", "alice", "tea")
+	if first.status != 201 || first.replayed || first.header.Get("Location") == "" {
+		t.Fatalf("first: %+v", first)
+	}
+	again := b.post(t, "k-1", "alice", "tea")
+	if again.status != 201 || !again.replayed || again.body != first.body || again.header.Get("Location") != first.header.Get("Location") {
+		t.Fatalf("repeat: %+v, want a replay of %+v", again, first)
+	}
+	if again.header.Get("X-Not-Stored") != "" {
+		t.Error("a header outside StoredHeaders was replayed")
+	}
+	if n := b.orderCount(t); n != 1 {
+		t.Fatalf("%d orders, want 1", n)
+	}
+	// 4xx responses are results too: they are stored and replayed.
+	if r := b.post(t, "k-2", "alice", "invalid"); r.status != 400 || r.replayed {
+		t.Fatalf("invalid: %+v", r)
+	}
+	if r := b.post(t, "k-2", "alice", "invalid"); r.status != 400 || !r.replayed {
+		t.Fatalf("invalid repeat: %+v", r)
+	}
+}
+
+func TestRules(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	if r := b.post(t, "", "alice", "tea"); r.status != 400 || !strings.Contains(r.body, "missing Idempotency-Key") {
+		t.Errorf("missing key: %+v", r)
+	}
+	b.post(t, "k", "alice", "tea")
+	if r := b.post(t, "k", "alice", "coffee"); r.status != 422 {
+		t.Errorf("same key, other body: %+v", r)
+	}
+	for _, key := range []string{strings.Repeat("k", 256), "tab\there", "naïve"} {
+		if r := b.post(t, key, "alice", "tea"); r.status != 400 {
+			t.Errorf("key %q: status %d, want 400", key, r.status)
+		}
+	}
+	if r := b.post(t, "huge-body", "alice", strings.Repeat("x", 2<<20)); r.status != 413 {
+		t.Errorf("huge body: status %d, want 413", r.status)
+	}
+	if r := b.post(t, "k", "", "tea"); r.status != 401 {
+		t.Errorf("no caller: status %d, want 401", r.status)
+	}
+	if n := b.orderCount(t); n != 1 {
+		t.Fatalf("%d orders, want 1", n)
+	}
+}
+
+// TestCallersAreSeparate: one caller's key neither replays nor blocks
+// another's.
+func TestCallersAreSeparate(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	a := b.post(t, "shared", "alice", "tea")
+	m := b.post(t, "shared", "mallory", "tea")
+	if m.replayed || m.status != 201 || m.body == a.body {
+		t.Fatalf("mallory got alice's response: %+v", m)
+	}
+	if n := b.orderCount(t); n != 2 {
+		t.Fatalf("%d orders, want 2", n)
+	}
+}
+
+// TestFailureLeavesNoKey: a 5xx, a panic or an oversized response rolls
+// everything back, and a retry with the same key runs again.
+func TestFailureLeavesNoKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, body := range []string{"fail", "panic", "big"} {
+		r := b.post(t, "k-"+body, "alice", body)
+		if r.status < 500 {
+			t.Errorf("%s: status %d, want 5xx", body, r.status)
+		}
+		if body == "big" && !strings.Contains(r.body, "cannot be stored") {
+			t.Errorf("big: body %q does not explain", r.body)
+		}
+		before := b.calls.Load()
+		b.post(t, "k-"+body, "alice", body)
+		if b.calls.Load() != before+1 {
+			t.Errorf("%s: the retry did not run the handler", body)
+		}
+	}
+	if n := b.orderCount(t); n != 0 {
+		t.Fatalf("%d orders left by failed requests, want 0", n)
+	}
+}
+
+// TestInFlight: a repeat while the first request runs is answered 409 at
+// once; with InFlightWait it waits and gets the replay.
+func TestInFlight(t *testing.T) {
+	t.Parallel()
+	for _, wait := range []time.Duration{0, 30 * time.Second} {
+		t.Run(fmt.Sprintf("wait=%v", wait), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *idempotency.Config) { c.InFlightWait = wait })
+			b.release = make(chan struct{})
+			firstDone := make(chan response, 1)
+			go func() { firstDone <- b.post(t, "slow", "alice", "tea") }()
+			select {
+			case <-b.started:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the first request never reached the handler")
+			}
+			secondDone := make(chan response, 1)
+			go func() { secondDone <- b.post(t, "slow", "alice", "tea") }()
+			if wait == 0 {
+				r := <-secondDone
+				if r.status != 409 || r.header.Get("Retry-After") == "" {
+					t.Errorf("repeat in flight: %+v, want 409 with Retry-After", r)
+				}
+				close(b.release)
+				<-firstDone
+				return
+			}
+			waitBlocked(t, b.pool)
+			close(b.release)
+			first, second := <-firstDone, <-secondDone
+			if first.status != 201 || second.status != 201 || !second.replayed || first.body != second.body {
+				t.Errorf("first %+v, waiting repeat %+v; want a replay", first, second)
+			}
+		})
+	}
+}
+
+// waitBlocked waits until some backend waits on a lock: the repeat's claim.
+func waitBlocked(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%unnest%'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the repeat never waited on the first request")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFiftySimultaneous: 50 identical requests at once give one effect and
+// one stored response; every answer is that response or a 409.
+func TestFiftySimultaneous(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *idempotency.Config) { c.InFlightWait = 30 * time.Second })
+	var wg sync.WaitGroup
+	results := make(chan response, 50)
+	start := make(chan struct{})
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			results <- b.post(t, "double-click", "alice", "tea")
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(results)
+	var bodies = map[string]int{}
+	replays := 0
+	for r := range results {
+		if r.status != 201 {
+			t.Errorf("status %d: %s", r.status, r.body)
+			continue
+		}
+		bodies[r.body]++
+		if r.replayed {
+			replays++
+		}
+	}
+	if len(bodies) != 1 || replays != 49 {
+		t.Errorf("responses %v with %d replays; want one response, 49 replays", bodies, replays)
+	}
+	if n := b.orderCount(t); n != 1 || b.calls.Load() != 1 {
+		t.Fatalf("%d orders from %d handler runs, want 1 and 1", n, b.calls.Load())
+	}
+}
+
+func TestOptionalKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *idempotency.Config) { c.Optional = true })
+	if r := b.post(t, "", "alice", "tea"); r.status != 201 {
+		t.Fatalf("no key, optional: %+v", r)
+	}
+	if r := b.post(t, "", "alice", "fail"); r.status != 503 {
+		t.Fatalf("no key, failing: %+v", r)
+	}
+	if n := b.orderCount(t); n != 1 {
+		t.Fatalf("%d orders, want 1 (the failed one rolled back)", n)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	for _, cfg := range []idempotency.Config{
+		{},
+		{Pool: pool, MaxKeyLen: 5000},
+		{Pool: pool, MaxBodyBytes: -1},
+		{Pool: pool, InFlightWait: -time.Second},
+		{Pool: pool, Inbox: inbox.Config{Table: strings.Repeat("t", 70)}},
+	} {
+		if _, err := idempotency.New(cfg); err == nil {
+			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+}
