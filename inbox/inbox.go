@@ -94,6 +94,7 @@ var queryFS embed.FS
 type DB interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
@@ -410,6 +411,41 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 			return total, nil
 		}
 	}
+}
+
+// Scopes returns the scopes that hold tokens in the store's table, in order.
+func (s *Store) Scopes(ctx context.Context) ([]string, error) {
+	rows, err := s.db.Query(ctx, s.sql["scopes"])
+	if err != nil {
+		return nil, fmt.Errorf("inbox: scopes: %w", err)
+	}
+	scopes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("inbox: scopes: %w", err)
+	}
+	return scopes, nil
+}
+
+// ScopeStats is the size and age of one scope.
+type ScopeStats struct {
+	Scope  string
+	Tokens int64
+	// Oldest is when the oldest token was claimed; zero when there is none.
+	Oldest time.Time
+}
+
+// Stats counts the tokens of the store's scope. It reads every token of
+// the scope: meant for operators, not hot paths.
+func (s *Store) Stats(ctx context.Context) (ScopeStats, error) {
+	st := ScopeStats{Scope: s.cfg.Scope}
+	var oldest *time.Time
+	if err := s.db.QueryRow(ctx, s.sql["scope_stats"], s.cfg.Scope).Scan(&st.Tokens, &oldest); err != nil {
+		return st, fmt.Errorf("inbox: stats: %w", err)
+	}
+	if oldest != nil {
+		st.Oldest = *oldest
+	}
+	return st, nil
 }
 
 // PruneCount returns how many tokens Prune would delete: a dry run.

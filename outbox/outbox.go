@@ -148,7 +148,9 @@ type Message struct {
 	Key []byte
 	// Value is the payload.
 	Value []byte
-	// Headers travel with the message. The relay adds HeaderMessageID.
+	// Headers travel with the message. The relay adds HeaderMessageID
+	// with the message id, unless Headers already carry one: a message
+	// replayed from a dead letter keeps the token it was first sent with.
 	Headers []kafka.Header
 	// ID, when set, is the message id (a UUID) instead of a new UUIDv7: use
 	// it to re-publish a message under its original token.
@@ -219,8 +221,8 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 		}
 		hs := make([]header, 0, len(m.Headers)+len(carrier))
 		for _, h := range m.Headers {
-			if h.Key == HeaderMessageID {
-				return nil, fmt.Errorf("%w: message %d sets the %s header; set Message.ID instead", ErrInvalidMessage, i, HeaderMessageID)
+			if h.Key == HeaderMessageID && m.ID != "" {
+				return nil, fmt.Errorf("%w: message %d sets both ID and the %s header", ErrInvalidMessage, i, HeaderMessageID)
 			}
 			hs = append(hs, header{Key: h.Key, Value: h.Value})
 		}

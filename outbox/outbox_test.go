@@ -338,7 +338,7 @@ func TestEnqueueValidation(t *testing.T) {
 	for _, m := range []outbox.Message{
 		{Value: []byte("no topic")},
 		{Topic: b.topic, ID: "not-a-uuid"},
-		{Topic: b.topic, Headers: []kafka.Header{{Key: outbox.HeaderMessageID, Value: []byte("x")}}},
+		{Topic: b.topic, ID: "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6", Headers: []kafka.Header{{Key: outbox.HeaderMessageID, Value: []byte("x")}}},
 	} {
 		if _, err := b.ob.Enqueue(context.Background(), b.pool, m); !errors.Is(err, outbox.ErrInvalidMessage) {
 			t.Errorf("Enqueue(%+v): got %v, want ErrInvalidMessage", m, err)
@@ -355,5 +355,49 @@ func TestEnqueueValidation(t *testing.T) {
 		if _, err := outbox.New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// TestShards: the shard report shows the backlog and which shards a relay
+// owns.
+func TestShards(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("a"), Value: []byte("1")}, outbox.Message{Topic: b.topic, Key: []byte("a"), Value: []byte("2")})
+	st, err := outbox.Shards(context.Background(), b.pool, b.ob.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backlog int64
+	for _, s := range st {
+		backlog += s.Backlog
+		if s.Owned {
+			t.Errorf("shard %d owned with no relay running", s.Shard)
+		}
+	}
+	if len(st) != b.ob.Config().Shards || backlog != 2 {
+		t.Fatalf("shards %+v: want %d shards, backlog 2", st, b.ob.Config().Shards)
+	}
+	startRelay(t, b.pool, b.relay)
+	waitEmpty(t, b)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err = outbox.Shards(context.Background(), b.pool, b.ob.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		owned := 0
+		for _, s := range st {
+			if s.Owned {
+				owned++
+			}
+		}
+		if owned == len(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay owns %d of %d shards", owned, len(st))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -448,7 +448,7 @@ func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
 		return nil, err
 	}
 	var got bool
-	key := "exactly.outbox:" + r.cfg.Outbox.Schema + "." + r.cfg.Outbox.Table + ":" + strconv.Itoa(shard)
+	key := lockKeyPrefix(r.cfg.Outbox) + strconv.Itoa(shard)
 	if err := c.QueryRow(ctx, r.ob.sql["lock_shard"], key).Scan(&got); err != nil {
 		c.Release()
 		return nil, err
@@ -460,6 +460,52 @@ func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
 	// The lock lives as long as the session: take the connection out of
 	// the pool so that nobody else uses (or resets) it.
 	return c.Hijack(), nil
+}
+
+// lockKeyPrefix is the text whose hash, with the shard number appended,
+// is the shard's advisory lock key.
+func lockKeyPrefix(c Config) string { return "exactly.outbox:" + c.Schema + "." + c.Table + ":" }
+
+// ShardStatus describes one shard of an outbox table.
+type ShardStatus struct {
+	Shard int
+	// Backlog is the number of rows waiting to be published.
+	Backlog int64
+	// Oldest is when the oldest waiting row was enqueued; zero without one.
+	Oldest time.Time
+	// Owned is whether a relay holds the shard's lock.
+	Owned bool
+}
+
+// Shards reports the backlog and owner of every shard of the table cfg
+// names. It counts the waiting rows: meant for operators and alerts.
+func Shards(ctx context.Context, db interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}, cfg Config) ([]ShardStatus, error) {
+	ob, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg = ob.cfg
+	rows, err := db.Query(ctx, ob.sql["shards"], cfg.Shards, lockKeyPrefix(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("outbox: shards: %w", err)
+	}
+	var out []ShardStatus
+	var st ShardStatus
+	var oldest *time.Time
+	_, err = pgx.ForEachRow(rows, []any{&st.Shard, &st.Backlog, &oldest, &st.Owned}, func() error {
+		st.Oldest = time.Time{}
+		if oldest != nil {
+			st.Oldest = *oldest
+		}
+		out = append(out, st)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("outbox: shards: %w", err)
+	}
+	return out, nil
 }
 
 // row is one outbox row being published.
@@ -593,10 +639,14 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 			return nil, fmt.Errorf("row %d: headers: %w", x.id, err)
 		}
 		kh := make([]kafka.Header, 0, len(hs)+1)
+		hasID := false
 		for _, h := range hs {
 			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
+			hasID = hasID || h.Key == HeaderMessageID
 		}
-		kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
+		if !hasID {
+			kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
+		}
 		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
 	}
 	werr := r.writer.WriteMessages(ctx, msgs...)

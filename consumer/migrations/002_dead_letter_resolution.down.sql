@@ -1,0 +1,1 @@
+ALTER TABLE {{.Table}} DROP COLUMN resolution, DROP COLUMN resolved_at;

@@ -1,0 +1,1 @@
+SELECT count(*), min(processed_at) FROM {{.Table}} WHERE scope = $1
