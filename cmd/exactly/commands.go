@@ -1,0 +1,702 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/migrate"
+	"github.com/exactlyhq/exactly/outbox"
+)
+
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (e *env) table(header string, rows [][]string) {
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, header)
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
+	}
+	_ = w.Flush()
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339) + " (" + time.Since(t).Round(time.Second).String() + " ago)"
+}
+
+// ---- migrate
+
+func migrateUp(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	lines, _ := e.lines()
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	before, err := migrate.Status(ctx, e.pool, lines...)
+	if err != nil {
+		return err
+	}
+	if err := migrate.Up(ctx, e.pool, lines...); err != nil {
+		return err
+	}
+	var applied []migrate.State
+	for _, s := range before {
+		if s.AppliedAt.IsZero() {
+			applied = append(applied, s)
+		}
+	}
+	if e.json {
+		return e.printJSON(map[string]any{"applied": applied})
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(e.stdout, "up to date")
+	}
+	for _, s := range applied {
+		fmt.Fprintf(e.stdout, "applied %s %03d_%s (%s.%s)\n", s.Component, s.Version, s.Name, e.schema, s.Target)
+	}
+	return nil
+}
+
+func migrateDown(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	lines, _ := e.lines()
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	states, err := migrate.Status(ctx, e.pool, lines...)
+	if err != nil {
+		return err
+	}
+	// One step: the most recently applied migration of any table.
+	var last *migrate.State
+	for i, s := range states {
+		if !s.AppliedAt.IsZero() && (last == nil || !s.AppliedAt.Before(last.AppliedAt)) {
+			last = &states[i]
+		}
+	}
+	if last == nil {
+		return notMigrated{[]string{"any migration"}}
+	}
+	for _, l := range lines {
+		if l.Component == last.Component && l.Target == last.Target {
+			m, err := migrate.Down(ctx, e.pool, l)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(map[string]any{"reverted": map[string]any{"component": l.Component, "target": l.Target, "version": m.Version, "name": m.Name}})
+			}
+			fmt.Fprintf(e.stdout, "reverted %s %03d_%s (%s.%s)\n", l.Component, m.Version, m.Name, e.schema, l.Target)
+			return nil
+		}
+	}
+	return fmt.Errorf("applied migration %s %d belongs to no known table", last.Component, last.Version)
+}
+
+func migrateStatus(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	lines, _ := e.lines()
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	states, err := migrate.Status(ctx, e.pool, lines...)
+	if err != nil {
+		return err
+	}
+	pending := 0
+	for _, s := range states {
+		if s.AppliedAt.IsZero() {
+			pending++
+		}
+	}
+	if e.json {
+		if err := e.printJSON(map[string]any{"migrations": states, "pending": pending}); err != nil {
+			return err
+		}
+	} else {
+		var rows [][]string
+		for _, s := range states {
+			at := "pending"
+			if !s.AppliedAt.IsZero() {
+				at = s.AppliedAt.UTC().Format(time.RFC3339)
+			}
+			rows = append(rows, []string{s.Component, e.schema + "." + s.Target, fmt.Sprintf("%03d_%s", s.Version, s.Name), at})
+		}
+		e.table("COMPONENT\tTABLE\tMIGRATION\tAPPLIED", rows)
+	}
+	if pending == len(states) {
+		return notMigrated{[]string{"every table"}}
+	}
+	return nil
+}
+
+func migrateSQL(_ context.Context, e *env, _ *flag.FlagSet) error {
+	lines, _ := e.lines()
+	for _, l := range lines {
+		fmt.Fprint(e.stdout, l.SQL())
+	}
+	return nil
+}
+
+// ---- status
+
+type scopeStatus struct {
+	Scope  string    `json:"scope"`
+	Tokens int64     `json:"tokens"`
+	Oldest time.Time `json:"oldest,omitzero"`
+}
+
+type deadLetterCount struct {
+	Scope  string    `json:"scope,omitempty"`
+	Reason string    `json:"reason"`
+	Count  int64     `json:"count"`
+	Oldest time.Time `json:"oldest,omitzero"`
+}
+
+type lagRow struct {
+	Group     string `json:"group"`
+	Topic     string `json:"topic"`
+	Partition int    `json:"partition"`
+	Committed int64  `json:"committed"`
+	End       int64  `json:"end"`
+	Lag       int64  `json:"lag"`
+}
+
+type status struct {
+	Inbox             []scopeStatus        `json:"inbox"`
+	Outbox            []outbox.ShardStatus `json:"outbox"`
+	DeadLetters       []deadLetterCount    `json:"dead_letters"`
+	OutboxDeadLetters []deadLetterCount    `json:"outbox_dead_letters"`
+	Lag               []lagRow             `json:"lag,omitempty"`
+	LagError          string               `json:"lag_error,omitempty"`
+}
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func statusCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+	brokers := fs.String("brokers", "", "Kafka brokers, comma-separated, to report consumer lag (default $KAFKA_BROKERS)")
+	var groups stringList
+	fs.Var(&groups, "group", "consumer group to report lag for (repeatable; default: every inbox scope that is a group)")
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.inboxTable, e.deadLetters, e.outboxTable); err != nil {
+			return err
+		}
+		var st status
+		store, err := inbox.New(e.pool, e.inboxConfig())
+		if err != nil {
+			return err
+		}
+		scopes, err := store.Scopes(ctx)
+		if err != nil {
+			return err
+		}
+		for _, sc := range scopes {
+			s, err := store.WithScope(sc).Stats(ctx)
+			if err != nil {
+				return err
+			}
+			st.Inbox = append(st.Inbox, scopeStatus{Scope: s.Scope, Tokens: s.Tokens, Oldest: s.Oldest})
+		}
+		if st.Outbox, err = outbox.Shards(ctx, e.pool, e.outboxConfig()); err != nil {
+			return err
+		}
+		rows, err := e.pool.Query(ctx, e.sql["dead_letters_summary"])
+		if err != nil {
+			return err
+		}
+		var d deadLetterCount
+		if _, err := pgx.ForEachRow(rows, []any{&d.Scope, &d.Reason, &d.Count, &d.Oldest}, func() error {
+			st.DeadLetters = append(st.DeadLetters, d)
+			return nil
+		}); err != nil {
+			return err
+		}
+		rows, err = e.pool.Query(ctx, e.sql["outbox_dead_letters"])
+		if err != nil {
+			return err
+		}
+		d = deadLetterCount{}
+		if _, err := pgx.ForEachRow(rows, []any{&d.Reason, &d.Count}, func() error {
+			st.OutboxDeadLetters = append(st.OutboxDeadLetters, d)
+			return nil
+		}); err != nil {
+			return err
+		}
+		addrs := cmp.Or(*brokers, os.Getenv("KAFKA_BROKERS"))
+		if addrs != "" {
+			if len(groups) == 0 {
+				groups = scopes
+			}
+			st.Lag, err = consumerLag(ctx, strings.Split(addrs, ","), groups)
+			if err != nil {
+				st.LagError = err.Error()
+			}
+		}
+		if e.json {
+			return e.printJSON(st)
+		}
+		e.printStatus(st)
+		if st.LagError != "" {
+			return fmt.Errorf("consumer lag: %s", st.LagError)
+		}
+		return nil
+	}
+}
+
+func (e *env) printStatus(st status) {
+	fmt.Fprintf(e.stdout, "INBOX %s\n", pgx.Identifier{e.schema, e.inboxTable}.Sanitize())
+	var rows [][]string
+	for _, s := range st.Inbox {
+		rows = append(rows, []string{strconv.Quote(s.Scope), strconv.FormatInt(s.Tokens, 10), ago(s.Oldest)})
+	}
+	e.table("SCOPE\tTOKENS\tOLDEST", rows)
+
+	fmt.Fprintf(e.stdout, "\nOUTBOX %s\n", pgx.Identifier{e.schema, e.outboxTable}.Sanitize())
+	rows = nil
+	for _, s := range st.Outbox {
+		owner := "yes"
+		if !s.Owned {
+			owner = "NO RELAY"
+		}
+		rows = append(rows, []string{strconv.Itoa(s.Shard), strconv.FormatInt(s.Backlog, 10), ago(s.Oldest), owner})
+	}
+	e.table("SHARD\tBACKLOG\tOLDEST\tOWNED", rows)
+
+	fmt.Fprintf(e.stdout, "\nDEAD LETTERS %s (unresolved)\n", pgx.Identifier{e.schema, e.deadLetters}.Sanitize())
+	rows = nil
+	for _, d := range st.DeadLetters {
+		rows = append(rows, []string{strconv.Quote(d.Scope), d.Reason, strconv.FormatInt(d.Count, 10), ago(d.Oldest)})
+	}
+	e.table("SCOPE\tREASON\tCOUNT\tOLDEST", rows)
+
+	fmt.Fprintf(e.stdout, "\nOUTBOX DEAD LETTERS %s\n", pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize())
+	rows = nil
+	for _, d := range st.OutboxDeadLetters {
+		rows = append(rows, []string{d.Reason, strconv.FormatInt(d.Count, 10)})
+	}
+	e.table("REASON\tCOUNT", rows)
+
+	if st.Lag != nil || st.LagError != "" {
+		fmt.Fprintln(e.stdout, "\nCONSUMER LAG")
+		rows = nil
+		for _, l := range st.Lag {
+			committed := strconv.FormatInt(l.Committed, 10)
+			if l.Committed < 0 {
+				committed = "none"
+			}
+			rows = append(rows, []string{l.Group, l.Topic, strconv.Itoa(l.Partition), committed, strconv.FormatInt(l.End, 10), strconv.FormatInt(l.Lag, 10)})
+		}
+		e.table("GROUP\tTOPIC\tPARTITION\tCOMMITTED\tEND\tLAG", rows)
+	}
+}
+
+// consumerLag reports, for each group that exists in Kafka, the lag of every
+// partition of the topics it has committed offsets for or its members
+// subscribe to.
+func consumerLag(ctx context.Context, brokers, groups []string) ([]lagRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}
+	listed, err := client.ListGroups(ctx, &kafka.ListGroupsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	exists := map[string]bool{}
+	for _, g := range listed.Groups {
+		exists[g.GroupID] = true
+	}
+	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		return nil, err
+	}
+	partitions := map[string][]int{}
+	for _, t := range meta.Topics {
+		if t.Internal {
+			continue
+		}
+		for _, p := range t.Partitions {
+			partitions[t.Name] = append(partitions[t.Name], p.ID)
+		}
+	}
+	var out []lagRow
+	for _, g := range groups {
+		if !exists[g] {
+			continue
+		}
+		offs, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: g, Topics: partitions})
+		if err != nil {
+			return out, fmt.Errorf("group %s: %w", g, err)
+		}
+		for topic, ps := range offs.Topics {
+			committed := map[int]int64{}
+			for _, p := range ps {
+				if p.Error == nil && p.CommittedOffset >= 0 {
+					committed[p.Partition] = p.CommittedOffset
+				}
+			}
+			if len(committed) == 0 {
+				continue // the group never consumed this topic
+			}
+			req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+			for _, p := range partitions[topic] {
+				req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(p))
+			}
+			ends, err := client.ListOffsets(ctx, req)
+			if err != nil {
+				return out, fmt.Errorf("topic %s: %w", topic, err)
+			}
+			for _, po := range ends.Topics[topic] {
+				c, ok := committed[po.Partition]
+				if !ok {
+					c = -1
+				}
+				lag := po.LastOffset - max(c, 0)
+				out = append(out, lagRow{Group: g, Topic: topic, Partition: po.Partition, Committed: c, End: po.LastOffset, Lag: lag})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b lagRow) int {
+		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
+	})
+	return out, nil
+}
+
+// ---- dead letters
+
+type deadLetter struct {
+	ID         int64             `json:"id"`
+	Scope      string            `json:"scope"`
+	Token      string            `json:"token,omitempty"`
+	Reason     string            `json:"reason"`
+	Error      string            `json:"error"`
+	Attempts   int               `json:"attempts"`
+	Topic      string            `json:"topic"`
+	Partition  int               `json:"partition"`
+	Offset     int64             `json:"offset"`
+	CreatedAt  time.Time         `json:"created_at"`
+	ResolvedAt *time.Time        `json:"resolved_at,omitempty"`
+	Resolution string            `json:"resolution,omitempty"`
+	Key        []byte            `json:"key,omitempty"`
+	Value      []byte            `json:"value,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Time       *time.Time        `json:"message_time,omitempty"`
+}
+
+type filters struct {
+	scope, reason, since, until *string
+	limit                       *int
+	all                         *bool
+}
+
+func addFilters(fs *flag.FlagSet) filters {
+	return filters{
+		scope:  fs.String("scope", "", "only this scope (consumer group)"),
+		reason: fs.String("reason", "", "only this reason (no_token, token_conflict, handler_error, …)"),
+		since:  fs.String("since", "", "only dead letters created since (RFC 3339 time, or an age like 24h or 7d)"),
+		until:  fs.String("until", "", "only dead letters created before (RFC 3339 time, or an age)"),
+		limit:  fs.Int("limit", 100, "at most this many"),
+		all:    fs.Bool("all", false, "include resolved (replayed or discarded) dead letters"),
+	}
+}
+
+func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]deadLetter, error) {
+	since, err := parseTime(*f.since)
+	if err != nil {
+		return nil, usageError{"-since: " + err.Error()}
+	}
+	until, err := parseTime(*f.until)
+	if err != nil {
+		return nil, usageError{"-until: " + err.Error()}
+	}
+	if ids == nil {
+		ids = []int64{}
+	}
+	rows, err := e.pool.Query(ctx, e.sql["dead_letters_list"], optional(*f.scope), optional(*f.reason), since, until, *f.all, ids, *f.limit)
+	if err != nil {
+		return nil, err
+	}
+	var out []deadLetter
+	var d deadLetter
+	_, err = pgx.ForEachRow(rows, []any{&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts, &d.Topic, &d.Partition, &d.Offset, &d.CreatedAt, &d.ResolvedAt, &d.Resolution}, func() error {
+		out = append(out, d)
+		d = deadLetter{}
+		return nil
+	})
+	return out, err
+}
+
+func dlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+	f := addFilters(fs)
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.deadLetters); err != nil {
+			return err
+		}
+		dls, err := e.listDeadLetters(ctx, f, nil)
+		if err != nil {
+			return err
+		}
+		if e.json {
+			if dls == nil {
+				dls = []deadLetter{}
+			}
+			return e.printJSON(dls)
+		}
+		var rows [][]string
+		for _, d := range dls {
+			errText := d.Error
+			if len(errText) > 60 {
+				errText = errText[:57] + "..."
+			}
+			rows = append(rows, []string{strconv.FormatInt(d.ID, 10), strconv.Quote(d.Scope), d.Reason, strconv.Itoa(d.Attempts),
+				fmt.Sprintf("%s/%d/%d", d.Topic, d.Partition, d.Offset), d.CreatedAt.UTC().Format(time.RFC3339), d.Resolution, errText})
+		}
+		e.table("ID\tSCOPE\tREASON\tATTEMPTS\tMESSAGE\tCREATED\tRESOLVED\tERROR", rows)
+		return nil
+	}
+}
+
+func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	if len(e.args) != 1 {
+		return usageError{"dead-letters show needs one ID"}
+	}
+	id, err := strconv.ParseInt(e.args[0], 10, 64)
+	if err != nil {
+		return usageError{fmt.Sprintf("ID %q is not a number", e.args[0])}
+	}
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	if err := e.require(ctx, e.deadLetters); err != nil {
+		return err
+	}
+	var d deadLetter
+	var keys []string
+	var values [][]byte
+	err = e.pool.QueryRow(ctx, e.sql["dead_letters_show"], id).Scan(&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts,
+		&d.Topic, &d.Partition, &d.Offset, &d.CreatedAt, &d.ResolvedAt, &d.Resolution, &d.Key, &d.Value, &keys, &values, &d.Time)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("dead letter %d: %w", id, errNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	d.Headers = map[string]string{}
+	for i, k := range keys {
+		d.Headers[k] = string(values[i])
+	}
+	if e.json {
+		return e.printJSON(d)
+	}
+	fmt.Fprintf(e.stdout, "id:         %d\nscope:      %q\ntoken:      %s\nreason:     %s\nattempts:   %d\nerror:      %s\nmessage:    %s/%d/%d\ncreated:    %s\n",
+		d.ID, d.Scope, d.Token, d.Reason, d.Attempts, d.Error, d.Topic, d.Partition, d.Offset, d.CreatedAt.UTC().Format(time.RFC3339))
+	if d.ResolvedAt != nil {
+		fmt.Fprintf(e.stdout, "resolved:   %s at %s\n", d.Resolution, d.ResolvedAt.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(e.stdout, "key:        %q\n", d.Key)
+	for i, k := range keys {
+		fmt.Fprintf(e.stdout, "header:     %s: %q\n", k, values[i])
+	}
+	fmt.Fprintf(e.stdout, "value:      %q\n", d.Value)
+	return nil
+}
+
+// dlResolve replays or discards dead letters, each in a transaction of its
+// own: a replay enqueues the original message (key, value, headers, and so
+// its token) into the outbox in the same transaction that marks the dead
+// letter resolved, so running it twice, or from two terminals, publishes
+// once.
+func dlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, *flag.FlagSet) error {
+	f := addFilters(fs)
+	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		var ids []int64
+		for _, a := range e.args {
+			id, err := strconv.ParseInt(a, 10, 64)
+			if err != nil {
+				return usageError{fmt.Sprintf("ID %q is not a number", a)}
+			}
+			ids = append(ids, id)
+		}
+		if len(ids) == 0 && *f.scope == "" && *f.reason == "" && *f.since == "" && *f.until == "" {
+			return usageError{"name dead letters by ID or filter (-scope, -reason, -since, -until)"}
+		}
+		*f.all = false
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.deadLetters, e.outboxTable); err != nil {
+			return err
+		}
+		dls, err := e.listDeadLetters(ctx, f, ids)
+		if err != nil {
+			return err
+		}
+		ob, err := outbox.New(e.outboxConfig())
+		if err != nil {
+			return err
+		}
+		var done []int64
+		for _, d := range dls {
+			if *dryRun {
+				done = append(done, d.ID)
+				continue
+			}
+			ok, err := e.resolve(ctx, ob, d.ID, resolution)
+			if err != nil {
+				return fmt.Errorf("dead letter %d: %w (%d resolved before it)", d.ID, err, len(done))
+			}
+			if ok {
+				done = append(done, d.ID)
+			}
+		}
+		if e.json {
+			if done == nil {
+				done = []int64{}
+			}
+			return e.printJSON(map[string]any{resolution: done, "dry_run": *dryRun})
+		}
+		verb := resolution
+		if *dryRun {
+			verb = "would be " + resolution
+		}
+		fmt.Fprintf(e.stdout, "%d dead letters %s: %v\n", len(done), verb, done)
+		if len(ids) > 0 && len(done) < len(ids) {
+			return fmt.Errorf("%d of the named dead letters were not found unresolved: %w", len(ids)-len(done), errNotFound)
+		}
+		return nil
+	}
+}
+
+func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
+	found := false
+	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		var m outbox.Message
+		var keys []string
+		var values [][]byte
+		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // resolved meanwhile, or locked by another operator
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		if resolution == "replayed" {
+			for i, k := range keys {
+				m.Headers = append(m.Headers, kafka.Header{Key: k, Value: values[i]})
+			}
+			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, e.sql["dead_letters_resolve"], id, resolution)
+		return err
+	})
+	return found, err
+}
+
+// ---- prune
+
+func pruneCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+	olderThan := fs.String("older-than", "", "delete tokens claimed longer ago than this (e.g. 30d, 720h); required")
+	scope := fs.String("scope", "", "only this scope (default: every scope)")
+	batch := fs.Int("batch", inbox.PruneBatchSizeDefault, "tokens deleted per transaction")
+	dryRun := fs.Bool("dry-run", false, "count what would be deleted, delete nothing")
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		if *olderThan == "" {
+			return usageError{"prune needs -older-than"}
+		}
+		age, err := parseAge(*olderThan)
+		if err != nil || age <= 0 {
+			return usageError{fmt.Sprintf("-older-than %q is not a positive age like 30d or 720h", *olderThan)}
+		}
+		if *batch < 1 {
+			return usageError{"-batch must be positive"}
+		}
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.inboxTable); err != nil {
+			return err
+		}
+		cfg := e.inboxConfig()
+		cfg.PruneBatchSize = *batch
+		store, err := inbox.New(e.pool, cfg)
+		if err != nil {
+			return err
+		}
+		scopes := []string{*scope}
+		if *scope == "" {
+			if scopes, err = store.Scopes(ctx); err != nil {
+				return err
+			}
+		}
+		before := time.Now().Add(-age)
+		result := map[string]int64{}
+		var total int64
+		for _, sc := range scopes {
+			s := store.WithScope(sc)
+			var n int64
+			if *dryRun {
+				n, err = s.PruneCount(ctx, before)
+			} else {
+				n, err = s.Prune(ctx, before)
+			}
+			if err != nil {
+				return err
+			}
+			result[sc] = n
+			total += n
+		}
+		if e.json {
+			return e.printJSON(map[string]any{"before": before.UTC(), "dry_run": *dryRun, "deleted": result, "total": total})
+		}
+		verb := "deleted"
+		if *dryRun {
+			verb = "would delete"
+		}
+		var rows [][]string
+		for _, sc := range scopes {
+			rows = append(rows, []string{strconv.Quote(sc), strconv.FormatInt(result[sc], 10)})
+		}
+		e.table("SCOPE\tTOKENS", rows)
+		fmt.Fprintf(e.stdout, "%s %d tokens claimed before %s\n", verb, total, before.UTC().Format(time.RFC3339))
+		return nil
+	}
+}

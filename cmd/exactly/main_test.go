@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/outbox"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// cli runs the command in-process and returns its exit status and output.
+func cli(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), append(args, "-dsn", pgtest.DSN()), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func cliJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	code, out, errOut := cli(t, append(args, "-json")...)
+	if code != 0 {
+		t.Fatalf("exactly %v: exit %d: %s", args, code, errOut)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("exactly %v: output is not JSON: %v\n%s", args, err, out)
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	schema := pgtest.Schema(t, pool)
+	if code, _, errOut := cli(t, "migrate", "status", "-schema", schema); code != exitNotMigrated || !strings.Contains(errOut, "not migrated") {
+		t.Fatalf("status before up: exit %d, %q", code, errOut)
+	}
+	if code, _, errOut := cli(t, "status", "-schema", schema); code != exitNotMigrated || !strings.Contains(errOut, "exactly migrate up") {
+		t.Fatalf("status of an unmigrated database: exit %d, %q", code, errOut)
+	}
+	var up struct{ Applied []map[string]any }
+	cliJSON(t, &up, "migrate", "up", "-schema", schema)
+	if len(up.Applied) != 4 {
+		t.Fatalf("applied %v, want 4 migrations", up.Applied)
+	}
+	cliJSON(t, &up, "migrate", "up", "-schema", schema)
+	if len(up.Applied) != 0 {
+		t.Fatalf("second up applied %v", up.Applied)
+	}
+	var st struct{ Pending int }
+	cliJSON(t, &st, "migrate", "status", "-schema", schema)
+	if st.Pending != 0 {
+		t.Fatalf("%d pending after up", st.Pending)
+	}
+	var down struct{ Reverted struct{ Component string } }
+	cliJSON(t, &down, "migrate", "down", "-schema", schema)
+	cliJSON(t, &st, "migrate", "status", "-schema", schema)
+	if down.Reverted.Component == "" || st.Pending != 1 {
+		t.Fatalf("down reverted %+v; %d pending, want exactly one step", down, st.Pending)
+	}
+	code, out, _ := cli(t, "migrate", "sql", "-schema", schema, "-outbox-table", `we"ird`)
+	if code != 0 || !strings.Contains(out, `CREATE TABLE "`+schema+`"."we""ird"`) {
+		t.Fatalf("migrate sql: exit %d\n%s", code, out)
+	}
+}
+
+func TestUsageAndConnectionErrors(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{}, {"bogus"}, {"migrate"}, {"migrate", "sideways"}, {"prune"}, {"prune", "-older-than", "soon"},
+		{"dead-letters", "show"}, {"dead-letters", "replay"}, {"status", "extra"}, {"dead-letters", "show", "x"}, {"status", "-inbox-table", strings.Repeat("x", 70)}} {
+		if code, _, _ := cli(t, args...); code != exitUsage {
+			t.Errorf("exactly %v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"status", "-dsn", "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2"}, &out, &errOut)
+	if code != exitFailure || !strings.Contains(errOut.String(), "cannot reach Postgres at 127.0.0.1:1") {
+		t.Fatalf("wrong DSN: exit %d, %q", code, errOut.String())
+	}
+}
+
+// bundle is a migrated schema with a topic, a consumer whose handler fails
+// for tokens listed in poison, and helpers to run it.
+type bundle struct {
+	pool    *pgxpool.Pool
+	schema  string
+	topic   string
+	cfg     consumer.Config
+	effects string
+	poison  atomic.Value // map[string]bool
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	b := &bundle{pool: pool, schema: pgtest.Schema(t, pool), topic: kafkatest.Topic(t, 1)}
+	b.effects = pgx.Identifier{b.schema, "effects"}.Sanitize()
+	b.cfg = consumer.Config{Brokers: kafkatest.Brokers(), GroupID: "cli-" + b.schema, Topics: []string{b.topic}, Pool: pool,
+		Inbox: inbox.Config{Schema: b.schema}, BatchWait: 5 * time.Millisecond, RetryInitial: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond,
+		SessionTimeout: 6 * time.Second, HeartbeatInterval: time.Second, FetchMaxWait: 100 * time.Millisecond}
+	b.poison.Store(map[string]bool{})
+	if code, _, errOut := cli(t, "migrate", "up", "-schema", b.schema); code != 0 {
+		t.Fatal(errOut)
+	}
+	if _, err := pool.Exec(context.Background(), "CREATE TABLE "+b.effects+" (token text NOT NULL, value text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// consume runs the consumer until the group committed want messages.
+func (b *bundle) consume(t *testing.T, want int64) {
+	t.Helper()
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if b.poison.Load().(map[string]bool)[m.Token.String()] {
+			return consumer.Permanent(errors.New("bad order"))
+		}
+		_, err := tx.Exec(ctx, "INSERT INTO "+b.effects+" VALUES ($1, $2)", m.Token.String(), string(m.Value))
+		return err
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		offs, _ := kafkatest.Committed(context.Background(), b.cfg.GroupID, b.topic, 1)
+		if offs[0] >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer committed %d, want %d", offs[0], want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (b *bundle) produce(t *testing.T, from, to int) {
+	var msgs []kafka.Message
+	for i := from; i < to; i++ {
+		msgs = append(msgs, kafka.Message{Key: []byte("k"), Value: []byte(strconv.Itoa(i)),
+			Headers: []kafka.Header{{Key: "Idempotency-Key", Value: []byte("order-" + strconv.Itoa(i))}}})
+	}
+	kafkatest.Produce(t, kafkatest.Writer(t, b.topic), msgs...)
+}
+
+func (b *bundle) effectCount(t *testing.T, token string) int {
+	var n int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects+" WHERE token = $1", token).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestDeadLetterReplayOnce: a message dead-lettered by a failing handler is
+// replayed through the outbox after the fix. Replaying twice, or while
+// another replay runs, publishes it once; the consumer applies it once.
+func TestDeadLetterReplayOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.poison.Store(map[string]bool{"order-3": true, "order-7": true})
+	b.produce(t, 0, 10)
+	b.consume(t, 10)
+
+	var list []deadLetter
+	cliJSON(t, &list, "dead-letters", "list", "-schema", b.schema, "-reason", "permanent")
+	if len(list) != 2 || list[0].Token != "order-3" || list[0].Scope != b.cfg.GroupID {
+		t.Fatalf("dead letters %+v, want order-3 and order-7", list)
+	}
+	var shown deadLetter
+	cliJSON(t, &shown, "dead-letters", "show", "-schema", b.schema, strconv.FormatInt(list[0].ID, 10))
+	if string(shown.Value) != "3" || shown.Headers["Idempotency-Key"] != "order-3" {
+		t.Fatalf("show: %+v", shown)
+	}
+	if code, _, _ := cli(t, "dead-letters", "show", "-schema", b.schema, "999999"); code != exitNotFound {
+		t.Fatalf("show of a missing ID: exit %d", code)
+	}
+
+	// Discard order-7; replay order-3 twice.
+	var res map[string]any
+	cliJSON(t, &res, "dead-letters", "discard", "-schema", b.schema, strconv.FormatInt(list[1].ID, 10))
+	id := strconv.FormatInt(list[0].ID, 10)
+	cliJSON(t, &res, "dead-letters", "replay", "-schema", b.schema, id)
+	if code, _, _ := cli(t, "dead-letters", "replay", "-schema", b.schema, id); code != exitNotFound {
+		t.Fatalf("second replay: exit %d, want %d (already resolved)", code, exitNotFound)
+	}
+	var outboxRows int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()).Scan(&outboxRows); err != nil || outboxRows != 1 {
+		t.Fatalf("outbox holds %d rows (err %v), want the one replay", outboxRows, err)
+	}
+	cliJSON(t, &list, "dead-letters", "list", "-schema", b.schema)
+	if len(list) != 0 {
+		t.Fatalf("unresolved after replay and discard: %+v", list)
+	}
+	cliJSON(t, &list, "dead-letters", "list", "-schema", b.schema, "-all")
+	if len(list) != 2 || list[0].Resolution != "replayed" || list[1].Resolution != "discarded" {
+		t.Fatalf("resolved list: %+v", list)
+	}
+
+	// The fix is deployed; the relay publishes the replay; the consumer
+	// applies it once.
+	b.poison.Store(map[string]bool{})
+	relay, err := outbox.NewRelay(b.pool, outbox.RelayConfig{Outbox: outbox.Config{Schema: b.schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	b.consume(t, 11)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.effectCount(t, "order-3"); n != 1 {
+		t.Fatalf("order-3 applied %d times after replay, want 1", n)
+	}
+	if n := b.effectCount(t, "order-7"); n != 0 {
+		t.Fatalf("discarded order-7 applied %d times", n)
+	}
+}
+
+func TestStatusAndPrune(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.produce(t, 0, 20)
+	b.consume(t, 20)
+	b.produce(t, 20, 25) // five messages of lag
+	ob, err := outbox.New(outbox.Config{Schema: b.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.Enqueue(context.Background(), b.pool, outbox.Message{Topic: b.topic, Key: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	var st status
+	cliJSON(t, &st, "status", "-schema", b.schema, "-brokers", strings.Join(kafkatest.Brokers(), ","))
+	if len(st.Inbox) != 1 || st.Inbox[0].Scope != b.cfg.GroupID || st.Inbox[0].Tokens != 20 {
+		t.Errorf("inbox status %+v, want 20 tokens in %s", st.Inbox, b.cfg.GroupID)
+	}
+	var backlog int64
+	for _, s := range st.Outbox {
+		backlog += s.Backlog
+	}
+	if backlog != 1 || len(st.Outbox) != outbox.ShardsDefault {
+		t.Errorf("outbox status %+v, want backlog 1", st.Outbox)
+	}
+	if len(st.Lag) != 1 || st.Lag[0].Lag != 5 || st.Lag[0].Committed != 20 {
+		t.Errorf("lag %+v (error %q), want 5 behind 20", st.Lag, st.LagError)
+	}
+	code, out, _ := cli(t, "status", "-schema", b.schema)
+	if code != 0 || !strings.Contains(out, "NO RELAY") || !strings.Contains(out, fmt.Sprintf("%q", b.cfg.GroupID)) {
+		t.Errorf("human status: exit %d\n%s", code, out)
+	}
+
+	if _, err := b.pool.Exec(context.Background(), "UPDATE "+pgx.Identifier{b.schema, "inbox"}.Sanitize()+" SET processed_at = now() - interval '40 days' WHERE kafka_offset < 15"); err != nil {
+		t.Fatal(err)
+	}
+	var pr struct {
+		Total  int64
+		DryRun bool `json:"dry_run"`
+	}
+	cliJSON(t, &pr, "prune", "-schema", b.schema, "-older-than", "30d", "-dry-run")
+	if pr.Total != 15 || !pr.DryRun {
+		t.Fatalf("dry run: %+v, want 15", pr)
+	}
+	cliJSON(t, &pr, "prune", "-schema", b.schema, "-older-than", "30d", "-batch", "4")
+	cliJSON(t, &st, "status", "-schema", b.schema)
+	if pr.Total != 15 || st.Inbox[0].Tokens != 5 {
+		t.Fatalf("prune deleted %d, %d tokens left; want 15 and 5", pr.Total, st.Inbox[0].Tokens)
+	}
+}

@@ -1,0 +1,1 @@
+SELECT reason, count(*) FROM {{.OutboxDeadLetters}} GROUP BY reason ORDER BY reason
