@@ -206,6 +206,9 @@ const (
 	MetricDeadLettered = "exactly.outbox.dead_lettered"
 	MetricLatency      = "exactly.outbox.latency"
 	MetricOwnedShards  = "exactly.outbox.owned_shards"
+	MetricBacklog      = "exactly.outbox.backlog"
+	MetricOldestAge    = "exactly.outbox.oldest_age"
+	MetricShardOwned   = "exactly.outbox.shard_owned"
 )
 
 func (r *Relay) initMetrics() error {
@@ -228,6 +231,47 @@ func (r *Relay) initMetrics() error {
 			o.Observe(r.owned.Load(), r.attrs)
 			return nil
 		}))
+	if err != nil {
+		return err
+	}
+	// The table-wide view (every relay reports it; alert on max or any):
+	// backlog, age of the oldest row and whether any relay owns each shard.
+	backlog, err := m.Int64ObservableGauge(MetricBacklog, metric.WithDescription("Rows waiting to be published, by shard."))
+	if err != nil {
+		return err
+	}
+	oldest, err := m.Float64ObservableGauge(MetricOldestAge, metric.WithUnit("s"), metric.WithDescription("Age of the oldest row waiting to be published, by shard (0 when empty)."))
+	if err != nil {
+		return err
+	}
+	ownedBy, err := m.Int64ObservableGauge(MetricShardOwned, metric.WithDescription("1 when some relay holds the shard's lock, 0 when no relay does."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		shards, err := Shards(ctx, r.pool, r.cfg.Outbox)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for _, s := range shards {
+			attrs := metric.WithAttributes(attribute.String("table", r.cfg.Outbox.Schema+"."+r.cfg.Outbox.Table), attribute.Int("shard", s.Shard))
+			o.ObserveInt64(backlog, s.Backlog, attrs)
+			age := 0.0
+			if !s.Oldest.IsZero() {
+				age = now.Sub(s.Oldest).Seconds()
+			}
+			o.ObserveFloat64(oldest, age, attrs)
+			owned := int64(0)
+			if s.Owned {
+				owned = 1
+			}
+			o.ObserveInt64(ownedBy, owned, attrs)
+		}
+		return nil
+	}, backlog, oldest, ownedBy)
 	return err
 }
 

@@ -1,0 +1,80 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+)
+
+// TestMetrics: processed, duplicate and dead-lettered messages and retries
+// are counted; batch durations recorded.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	reader := sdkmetric.NewManualReader()
+	b.cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	b.cfg.MaxAttempts = 2
+	all := msgs("m", 50, 5)
+	kafkatest.Produce(t, b.writer, all...)
+	kafkatest.Produce(t, b.writer, all[:10]...)
+	apply := insertEffect(b.effects)
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if m.Token.String() == "m-7" {
+			return errors.New("poison")
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	waitCommitted(t, b, 60)
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int64{}
+	var batches uint64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					key := m.Name
+					for _, kv := range p.Attributes.ToSlice() {
+						if kv.Key == "outcome" || kv.Key == "kind" {
+							key += "/" + kv.Value.AsString()
+						}
+					}
+					counts[key] += p.Value
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					batches += p.Count
+				}
+			}
+		}
+	}
+	// m-7 was sent twice. A dead letter does not claim its token (so that
+	// a replay runs), so the second copy is tried and dead-lettered too.
+	want := map[string]int64{
+		consumer.MetricMessages + "/processed":     49,
+		consumer.MetricMessages + "/duplicate":     9,
+		consumer.MetricMessages + "/dead_lettered": 2,
+	}
+	for k, v := range want {
+		if counts[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, counts[k], v, counts)
+		}
+	}
+	if counts[consumer.MetricRetries+"/handler"] < 1 || batches == 0 {
+		t.Errorf("retries %v, batches %d", counts, batches)
+	}
+}
