@@ -42,7 +42,9 @@ type Config struct {
 	GroupID string
 	// Topics are consumed by the group.
 	Topics []string
-	// Pool runs the batch transactions.
+	// Pool runs the batch transactions: one connection per partition being
+	// processed at a time, so size it at least to the partitions a member
+	// may be assigned.
 	Pool *pgxpool.Pool
 
 	// Inbox names the inbox table and scope. Scope defaults to GroupID, so

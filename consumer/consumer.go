@@ -226,6 +226,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("consumer: %w", err)
 	}
 	c.log.Info("consumer started", "topics", c.cfg.Topics, "scope", c.cfg.Inbox.Scope)
+	var siblings *sync.WaitGroup // the partitions of the current generation
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -238,19 +239,35 @@ func (c *Consumer) Run(ctx context.Context) error {
 			continue
 		}
 		var parts []string
+		// kafka-go ends the generation as soon as one of its goroutines
+		// returns. At shutdown a partition that finished its batch waits for
+		// its siblings, so that they may finish theirs too.
+		siblings = &sync.WaitGroup{}
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
 				p := c.newPartition(gen, topic, a)
-				gen.Start(func(genCtx context.Context) { p.run(ctx, genCtx) })
+				siblings.Add(1)
+				gen.Start(func(genCtx context.Context) {
+					p.run(ctx, genCtx)
+					siblings.Done()
+					if ctx.Err() != nil {
+						waitOrDone(genCtx, siblings)
+					}
+				})
 			}
 		}
 		c.log.Info("generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
 	}
 	c.log.Info("consumer stopping: finishing in-flight batches", "timeout", c.cfg.ShutdownTimeout)
-	// Close ends the generation, waits for every partition goroutine (each
-	// finishes or abandons its batch within ShutdownTimeout) and leaves the
-	// group.
+	// Closing the group ends the generation at once, which would cancel the
+	// batches in flight: first let the partitions finish them (each gives up
+	// ShutdownTimeout after ctx ended), then leave the group.
+	if siblings != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownTimeout+time.Second)
+		waitOrDone(wctx, siblings)
+		cancel()
+	}
 	_ = group.Close()
 	c.log.Info("consumer stopped")
 	return nil
@@ -288,6 +305,20 @@ func (c *Consumer) preflight(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return fmt.Errorf("consumer: no Kafka broker answers at %v: %w", c.cfg.Brokers, errors.Join(errs...))
+}
+
+// waitOrDone waits for wg or ctx, whichever comes first. The goroutine it
+// starts ends when wg does: every sibling calls Done when it returns.
+func waitOrDone(ctx context.Context, wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // waitBackoff sleeps for d or until ctx ends, and reports whether it slept

@@ -378,3 +378,50 @@ func TestRunFailsFast(t *testing.T) {
 		t.Errorf("not migrated: got %v", err)
 	}
 }
+
+// TestShutdownFinishesSiblings: at shutdown, a partition whose batch is
+// still running gets to commit it even after the other partitions stopped
+// (kafka-go ends a generation when any of its goroutines returns).
+func TestShutdownFinishesSiblings(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	// Find one key per partition.
+	keys := map[int]string{}
+	for i := 0; len(keys) < 2; i++ {
+		k := fmt.Sprintf("key-%d", i)
+		keys[(&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(k)}, 0, 1)] = k
+	}
+	hdr := func(tok string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(tok)}} }
+	kafkatest.Produce(t, b.writer,
+		kafka.Message{Key: []byte(keys[0]), Value: []byte("0"), Headers: hdr("fast")},
+		kafka.Message{Key: []byte(keys[1]), Value: []byte("0"), Headers: hdr("slow")})
+	started, release := make(chan struct{}), make(chan struct{})
+	apply := insertEffect(b.effects)
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if m.Token.String() == "slow" && m.Attempt == 1 {
+			close(started)
+			<-release
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, c)
+	waitCount(t, b.pool, 60*time.Second, 1, "SELECT count(*) FROM "+b.effects+" WHERE token = 'fast'")
+	<-started
+	stopped := make(chan struct{})
+	go func() {
+		stop()
+		close(stopped)
+	}()
+	// Give the fast partition time to stop; before the fix its exit ended
+	// the generation and cancelled the slow partition's transaction.
+	time.Sleep(500 * time.Millisecond)
+	close(release)
+	<-stopped
+	checkEffects(t, b, 2)
+	if got := committed(t, b.cfg.GroupID, b.topic); got != 2 {
+		t.Fatalf("committed %d after shutdown, want 2", got)
+	}
+}
