@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
 	"github.com/exactlyhq/exactly/migrate"
 )
@@ -290,21 +291,10 @@ func (c *Consumer) preflight(ctx context.Context) error {
 	if !haveInbox || !haveDL {
 		return fmt.Errorf("consumer: tables %s and %s must exist (found inbox=%v, dead letters=%v); run consumer.Migrate or `exactly migrate up`", inboxTable, dlTable, haveInbox, haveDL)
 	}
-	var errs []error
-	for _, b := range c.cfg.Brokers {
-		conn, err := c.cfg.Dialer.DialContext(ctx, "tcp", b)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		_, err = conn.ApiVersions()
-		_ = conn.Close()
-		if err == nil {
-			return nil
-		}
-		errs = append(errs, err)
+	if err := kafkaprobe.Reachable(ctx, c.cfg.Dialer, c.cfg.Brokers); err != nil {
+		return fmt.Errorf("consumer: %w", err)
 	}
-	return fmt.Errorf("consumer: no Kafka broker answers at %v: %w", c.cfg.Brokers, errors.Join(errs...))
+	return nil
 }
 
 // waitOrDone waits for wg or ctx, whichever comes first. The goroutine it

@@ -13,42 +13,32 @@ import (
 // Go runs them before any parallel test of this package, and `make test`
 // runs one package at a time.
 
-// TestPostgresRestart restarts Postgres while the consumer works. The
-// consumer retries by itself; every effect lands exactly once.
-func TestPostgresRestart(t *testing.T) {
-	b := setup(t, 2)
-	const n = 4000
-	all := msgs("pg", n, 20)
-	c, err := consumer.New(b.cfg, insertEffect(b.effects))
-	if err != nil {
-		t.Fatal(err)
+// TestOutages restarts Postgres, then the Kafka broker, while the consumer
+// works. The consumer recovers by itself; every effect lands exactly once.
+func TestOutages(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		restart func(testing.TB)
+	}{
+		{"postgres", services.RestartPostgres},
+		{"kafka", services.RestartKafka},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := setup(t, 2)
+			const n = 4000
+			all := msgs(tc.name, n, 20)
+			c, err := consumer.New(b.cfg, insertEffect(b.effects))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, c)
+			kafkatest.Produce(t, b.writer, all[:2000]...)
+			waitCount(t, b.pool, 60*time.Second, 500, "SELECT count(*) FROM "+b.effects)
+			tc.restart(t)
+			kafkatest.Produce(t, b.writer, all[2000:]...)
+			kafkatest.Produce(t, b.writer, all[1000:1500]...) // duplicates across the outage
+			waitCommitted(t, b, n+500)
+			checkEffects(t, b, n)
+		})
 	}
-	start(t, c)
-	kafkatest.Produce(t, b.writer, all[:2000]...)
-	waitCount(t, b.pool, 60*time.Second, 500, "SELECT count(*) FROM "+b.effects)
-	services.RestartPostgres(t)
-	kafkatest.Produce(t, b.writer, all[2000:]...)
-	kafkatest.Produce(t, b.writer, all[1000:1500]...) // duplicates across the outage
-	waitCommitted(t, b, n+500)
-	checkEffects(t, b, n)
-}
-
-// TestBrokerRestart restarts the Kafka broker while the consumer works. The
-// consumer rejoins by itself; every effect lands exactly once.
-func TestBrokerRestart(t *testing.T) {
-	b := setup(t, 2)
-	const n = 4000
-	all := msgs("kb", n, 20)
-	c, err := consumer.New(b.cfg, insertEffect(b.effects))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, c)
-	kafkatest.Produce(t, b.writer, all[:2000]...)
-	waitCount(t, b.pool, 60*time.Second, 500, "SELECT count(*) FROM "+b.effects)
-	services.RestartKafka(t)
-	kafkatest.Produce(t, b.writer, all[2000:]...)
-	kafkatest.Produce(t, b.writer, all[1000:1500]...)
-	waitCommitted(t, b, n+500)
-	checkEffects(t, b, n)
 }

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
+	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -354,19 +355,15 @@ func (r *Relay) preflight(ctx context.Context) error {
 	if !exists {
 		return fmt.Errorf("outbox: table %s does not exist; run outbox.Migrate or `exactly migrate up`", table)
 	}
-	var errs []error
-	for _, addr := range splitAddr(r.writer.Addr) {
-		conn, err := kafka.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			_, err = conn.ApiVersions()
-			_ = conn.Close()
-			if err == nil {
-				return nil
-			}
-		}
-		errs = append(errs, err)
+	// Probe with the writer's own TLS and SASL settings.
+	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
+	if t, ok := r.writer.Transport.(*kafka.Transport); ok {
+		dialer.TLS, dialer.SASLMechanism = t.TLS, t.SASL
 	}
-	return fmt.Errorf("outbox: no Kafka broker answers at %v: %w", r.writer.Addr, errors.Join(errs...))
+	if err := kafkaprobe.Reachable(ctx, dialer, splitAddr(r.writer.Addr)); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
 }
 
 func splitAddr(a interface{ String() string }) []string {
