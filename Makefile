@@ -11,7 +11,7 @@ GO ?= go
 # -p 1: some tests restart Postgres or Kafka, so packages must not run at once.
 TEST_FLAGS ?= -race -count=1 -p 1 -timeout 25m
 
-.PHONY: help services services-down services-status test lint bench-inbox fuzz
+.PHONY: help services services-down services-status test lint bench-inbox bench-outbox bench-consumer fuzz demo
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,5 +37,18 @@ lint: ## gofmt check and go vet
 bench-inbox: services ## Inbox claims/s by batch size, empty vs 5M-token inbox, UUIDv7 vs random tokens
 	$(GO) run ./internal/bench/inbox
 
+bench-outbox: services ## Relay msgs/s from a 200k backlog, commit->Kafka latency notify vs polling, writer tx/s with vs without wake-ups
+	$(GO) run ./internal/bench/outbox
+
+bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M
+	$(GO) run ./internal/bench/consumer
+
 fuzz: ## Fuzz the token extractors for 60s (seeds that found bugs live in testdata/)
 	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./inbox/
+
+# How long `make demo` places orders.
+DEMO_DURATION ?= 60s
+
+demo: services ## Run the order pipeline example for DEMO_DURATION (60s) while SIGKILLing workers; verify 0 duplicates, 0 lost
+	$(GO) build -o .local/bin/ ./examples/orders/cmd/...
+	.local/bin/demo -duration $(DEMO_DURATION) -bin .local/bin

@@ -197,7 +197,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	ctx := r.Context()
 	tx, err := m.cfg.Pool.Begin(ctx)
 	if err != nil {
-		m.internal(w, "begin", err)
+		m.internal(w, r, "begin", err)
 		return
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
@@ -205,7 +205,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	// inbox's primary key; lock_timeout bounds that wait.
 	wait := max(m.cfg.InFlightWait, time.Millisecond)
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(wait.Milliseconds(), 10)+"ms"); err != nil {
-		m.internal(w, "set lock_timeout", err)
+		m.internal(w, r, "set lock_timeout", err)
 		return
 	}
 	c, err := store.Claim(ctx, tx, inbox.Request{Token: tok, Fingerprint: fp})
@@ -216,14 +216,14 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 		return
 	}
 	if err != nil {
-		m.internal(w, "claim", err)
+		m.internal(w, r, "claim", err)
 		return
 	}
 	switch c.Outcome {
 	case inbox.Duplicate:
 		var s stored
 		if err := json.Unmarshal(c.Stored, &s); err != nil {
-			m.internal(w, "decode stored response", err)
+			m.internal(w, r, "decode stored response", err)
 			return
 		}
 		for k, vs := range s.Headers {
@@ -238,12 +238,12 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 		return
 	}
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', '0', true)"); err != nil {
-		m.internal(w, "reset lock_timeout", err)
+		m.internal(w, r, "reset lock_timeout", err)
 		return
 	}
 	rec := &recorder{header: http.Header{}, limit: m.cfg.MaxResponseBytes}
 	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
-		m.internal(w, "handler", errors.New("panicked"))
+		m.internal(w, r, "handler", errors.New("panicked"))
 		return
 	}
 	switch {
@@ -263,15 +263,15 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	}
 	raw, err := json.Marshal(s)
 	if err != nil {
-		m.internal(w, "encode response", err)
+		m.internal(w, r, "encode response", err)
 		return
 	}
 	if err := store.SetResult(ctx, tx, tok, raw); err != nil {
-		m.internal(w, "store response", err)
+		m.internal(w, r, "store response", err)
 		return
 	}
 	if err := tx.Commit(ctx); err != nil {
-		m.internal(w, "commit", err)
+		m.internal(w, r, "commit", err)
 		return
 	}
 	rec.flush(w)
@@ -281,18 +281,18 @@ func (m *Middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request, h h
 	ctx := r.Context()
 	tx, err := m.cfg.Pool.Begin(ctx)
 	if err != nil {
-		m.internal(w, "begin", err)
+		m.internal(w, r, "begin", err)
 		return
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
 	rec := &recorder{header: http.Header{}, limit: int(m.cfg.MaxBodyBytes) + m.cfg.MaxResponseBytes}
 	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
-		m.internal(w, "handler", errors.New("panicked"))
+		m.internal(w, r, "handler", errors.New("panicked"))
 		return
 	}
 	if rec.status < 500 {
 		if err := tx.Commit(ctx); err != nil {
-			m.internal(w, "commit", err)
+			m.internal(w, r, "commit", err)
 			return
 		}
 	}
@@ -314,9 +314,19 @@ func (m *Middleware) run(w http.ResponseWriter, r *http.Request, h http.Handler)
 	return true
 }
 
-func (m *Middleware) internal(w http.ResponseWriter, what string, err error) {
-	m.cfg.Logger.Error("idempotency: "+what+" failed", "err", err)
-	problem(w, http.StatusInternalServerError, "internal error; nothing was done, retry with the same key")
+func (m *Middleware) internal(w http.ResponseWriter, r *http.Request, what string, err error) {
+	if r.Context().Err() != nil {
+		// The client went away: nobody reads the answer, and the
+		// transaction rolled back (or its outcome will be replayed).
+		m.cfg.Logger.Debug("idempotency: "+what+" abandoned by the client", "err", err)
+	} else {
+		m.cfg.Logger.Error("idempotency: "+what+" failed", "err", err)
+	}
+	detail := "internal error; nothing was done, retry with the same key"
+	if what == "commit" {
+		detail = "internal error; the outcome is unknown, retry with the same key to learn it"
+	}
+	problem(w, http.StatusInternalServerError, detail)
 }
 
 // fingerprint identifies the request a key was first used for.

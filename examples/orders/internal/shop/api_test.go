@@ -1,0 +1,252 @@
+package shop_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
+	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/uuidv7"
+)
+
+func TestParseOrderRequest(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		body string
+		want string // substring of the error; "" for valid
+	}{
+		{`{"customer":"c1","sku":"mug","amount_cents":1250}`, ""},
+		{`  {"customer":" c1 ","sku":"mug","amount_cents":1} `, ""},
+		{``, "empty body"},
+		{`{`, "invalid JSON body"},
+		{`[1,2]`, "invalid JSON body"},
+		{`{"customer":"c1","sku":"mug","amount_cents":1}{}`, "unexpected data after the object"},
+		{`{"customer":"c1","sku":"mug","amount_cents":1,"coupon":"x"}`, `unknown field "coupon"`},
+		{`{}`, "customer is required; sku is required; amount_cents is required"},
+		{`{"customer":null,"sku":"mug","amount_cents":1}`, "customer is required"},
+		{`{"customer":"  ","sku":"mug","amount_cents":1}`, "customer must not be blank"},
+		{`{"customer":"c1","sku":"","amount_cents":1}`, "sku must not be blank"},
+		{`{"customer":"c1","sku":"` + strings.Repeat("x", shop.MaxNameLen+1) + `","amount_cents":1}`, "sku must be at most"},
+		{`{"customer":"c1","sku":"mug","amount_cents":0}`, "amount_cents must be positive, got 0"},
+		{`{"customer":"c1","sku":"mug","amount_cents":-5}`, "amount_cents must be positive, got -5"},
+		{`{"customer":"c1","sku":"mug","amount_cents":12.5}`, "amount_cents must be an integer number of cents, got 12.5"},
+		{`{"customer":"c1","sku":"mug","amount_cents":"100"}`, `amount_cents must be an integer number of cents, got "100"`},
+		{`{"customer":"c1","sku":"mug","amount_cents":null}`, "amount_cents is required"},
+		{`{"customer":"c1","sku":"mug","amount_cents":100000001}`, "amount_cents must be at most 100000000"},
+		{`{"customer":"c1","sku":"mug","amount_cents":99999999999999999999}`, "amount_cents must be an integer number of cents"},
+		{`{"customer":1,"sku":"mug","amount_cents":1}`, "invalid JSON body"},
+	} {
+		req, err := shop.ParseOrderRequest([]byte(tc.body))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: unexpected error %v", tc.body, err)
+		case tc.want == "" && (req.Customer != "c1" || req.SKU != "mug" || req.AmountCents <= 0):
+			t.Errorf("%s: parsed %+v", tc.body, req)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: error %v, want one containing %q", tc.body, err, tc.want)
+		}
+	}
+}
+
+// apiFixture serves the API on a fresh schema (no Kafka needed: the API only
+// writes the outbox).
+type apiFixture struct {
+	t     *testing.T
+	srv   *httptest.Server
+	names shop.Names
+	count func(table string) int
+}
+
+func newAPI(t *testing.T) *apiFixture {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	names := shop.Names{Schema: pgtest.Schema(t, pool), TopicPrefix: "apitest."}
+	ctx := context.Background()
+	if err := names.SetupDB(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	api, err := shop.NewAPI(pool, names, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	t.Cleanup(srv.Close)
+	return &apiFixture{t: t, srv: srv, names: names, count: func(table string) int {
+		var n int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+names.Table(table)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}}
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+func (f *apiFixture) do(method, path, body string, headers ...string) answer {
+	f.t.Helper()
+	req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header}
+	if err := json.Unmarshal(raw, &a.body); err != nil {
+		f.t.Fatalf("%s %s: %d with a body that is not a JSON object: %q", method, path, resp.StatusCode, raw)
+	}
+	return a
+}
+
+const validOrder = `{"customer":"alice","sku":"kettle","amount_cents":4599}`
+
+func post(f *apiFixture, key, customer, body string) answer {
+	f.t.Helper()
+	return f.do(http.MethodPost, "/orders", body, "Idempotency-Key", key, shop.CustomerHeader, customer, "Content-Type", "application/json")
+}
+
+func TestAPIPlaceOrderOnce(t *testing.T) {
+	t.Parallel()
+	f := newAPI(t)
+	key := uuidv7.New().String()
+	first := post(f, key, "alice", validOrder)
+	if first.status != http.StatusCreated {
+		t.Fatalf("first POST: %d %v", first.status, first.body)
+	}
+	id, _ := first.body["id"].(string)
+	if first.header.Get("Location") != "/orders/"+id || first.body["status"] != "placed" || first.body["amount_cents"] != 4599.0 {
+		t.Fatalf("first POST: Location %q, body %v", first.header.Get("Location"), first.body)
+	}
+	again := post(f, key, "alice", validOrder)
+	if again.status != http.StatusCreated || again.body["id"] != id || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("repeat: %d %v replayed=%q, want 201 with id %s, replayed", again.status, again.body, again.header.Get("Idempotent-Replayed"), id)
+	}
+	if again.header.Get("Location") != "/orders/"+id {
+		t.Fatalf("repeat: Location %q", again.header.Get("Location"))
+	}
+	if n := f.count("orders"); n != 1 {
+		t.Fatalf("%d orders after a repeat, want 1", n)
+	}
+	if n := f.count("outbox"); n != 1 {
+		t.Fatalf("%d outbox rows after a repeat, want 1 OrderPlaced", n)
+	}
+	// The same key with another body is a client bug: 422, nothing new.
+	if a := post(f, key, "alice", `{"customer":"alice","sku":"kettle","amount_cents":1}`); a.status != http.StatusUnprocessableEntity {
+		t.Fatalf("same key, other body: %d %v, want 422", a.status, a.body)
+	}
+	// Keys are per customer: bob's request with alice's key is his own.
+	bob := post(f, key, "bob", `{"customer":"bob","sku":"kettle","amount_cents":4599}`)
+	if bob.status != http.StatusCreated || bob.body["id"] == id {
+		t.Fatalf("other customer, same key: %d %v, want a new order", bob.status, bob.body)
+	}
+	got := f.do(http.MethodGet, "/orders/"+id, "")
+	if got.status != http.StatusOK || got.body["id"] != id || got.body["status"] != "placed" || got.body["payments"] != 0.0 {
+		t.Fatalf("GET: %d %v", got.status, got.body)
+	}
+}
+
+func TestAPIDoubleClick(t *testing.T) {
+	t.Parallel()
+	f := newAPI(t)
+	key := uuidv7.New().String()
+	const clicks = 5
+	ids := make([]any, clicks)
+	var wg sync.WaitGroup
+	for i := range clicks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := post(f, key, "alice", validOrder)
+			if a.status != http.StatusCreated {
+				t.Errorf("click %d: %d %v", i, a.status, a.body)
+			}
+			ids[i] = a.body["id"]
+		}()
+	}
+	wg.Wait()
+	for i := range ids {
+		if ids[i] != ids[0] {
+			t.Fatalf("clicks got different orders: %v", ids)
+		}
+	}
+	if n := f.count("orders"); n != 1 {
+		t.Fatalf("%d orders after %d simultaneous clicks, want 1", n, clicks)
+	}
+}
+
+func TestAPIRejects(t *testing.T) {
+	t.Parallel()
+	f := newAPI(t)
+	key := uuidv7.New().String()
+	for _, tc := range []struct {
+		name    string
+		body    string
+		headers []string
+		status  int
+		detail  string
+	}{
+		{"no key", validOrder, []string{shop.CustomerHeader, "alice"}, 400, "missing Idempotency-Key header"},
+		{"no customer", validOrder, []string{"Idempotency-Key", key}, 401, "missing X-Customer header"},
+		{"other customer", validOrder, []string{"Idempotency-Key", key, shop.CustomerHeader, "mallory"}, 403, `cannot place an order for customer "alice"`},
+		{"bad JSON", `{"customer":`, []string{"Idempotency-Key", key, shop.CustomerHeader, "alice"}, 400, "invalid JSON body"},
+		{"missing fields", `{"customer":"alice"}`, []string{"Idempotency-Key", key, shop.CustomerHeader, "alice"}, 400, "sku is required; amount_cents is required"},
+		{"zero amount", `{"customer":"alice","sku":"mug","amount_cents":0}`, []string{"Idempotency-Key", key, shop.CustomerHeader, "alice"}, 400, "amount_cents must be positive"},
+		{"negative amount", `{"customer":"alice","sku":"mug","amount_cents":-1}`, []string{"Idempotency-Key", key, shop.CustomerHeader, "alice"}, 400, "amount_cents must be positive"},
+		{"form body", "customer=alice", []string{"Idempotency-Key", key, shop.CustomerHeader, "alice", "Content-Type", "application/x-www-form-urlencoded"}, 415, "Content-Type must be application/json"},
+		{"huge body", `{"customer":"alice","sku":"` + strings.Repeat("x", 70<<10) + `","amount_cents":1}`, []string{"Idempotency-Key", key, shop.CustomerHeader, "alice"}, 413, "body larger than"},
+	} {
+		a := f.do(http.MethodPost, "/orders", tc.body, tc.headers...)
+		detail, _ := a.body["detail"].(string)
+		if a.status != tc.status || !strings.Contains(detail, tc.detail) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.name, a.status, detail, tc.status, tc.detail)
+		}
+		if ct := a.header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("%s: Content-Type %q", tc.name, ct)
+		}
+	}
+	if n := f.count("orders"); n != 0 {
+		t.Fatalf("%d orders after only invalid requests", n)
+	}
+	// A refused request did not use up its key: fixed, it is placed fresh.
+	a := post(f, key, "alice", validOrder)
+	if a.status != http.StatusCreated || a.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("valid request after refused ones with its key: %d %v replayed=%q", a.status, a.body, a.header.Get("Idempotent-Replayed"))
+	}
+	for path, want := range map[string]int{
+		"/orders/not-a-uuid":               400,
+		"/orders/" + uuidv7.New().String(): 404,
+		"/healthz":                         200,
+	} {
+		if a := f.do(http.MethodGet, path, ""); a.status != want {
+			t.Errorf("GET %s: %d %v, want %d", path, a.status, a.body, want)
+		}
+	}
+	// Methods the API does not serve.
+	req, _ := http.NewRequest(http.MethodDelete, f.srv.URL+"/orders", bytes.NewReader(nil))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE /orders: %d, want 405", resp.StatusCode)
+	}
+}
