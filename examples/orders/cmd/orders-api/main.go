@@ -46,6 +46,12 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
+	tel, err := shop.StartTelemetry(log)
+	if err != nil {
+		log.Error("cannot serve metrics", "err", err)
+		return 1
+	}
+	defer tel.Close()
 	api, err := shop.NewAPI(pool, cfg.Names, log)
 	if err != nil {
 		log.Error("cannot build the API", "err", err)

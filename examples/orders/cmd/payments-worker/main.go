@@ -39,13 +39,19 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
+	tel, err := shop.StartTelemetry(log)
+	if err != nil {
+		log.Error("cannot serve metrics", "err", err)
+		return 1
+	}
+	defer tel.Close()
 	payments, err := shop.NewPayments(cfg.Names, log)
 	if err != nil {
 		log.Error("bad outbox configuration", "err", err)
 		return 1
 	}
 	ccfg := cfg.PaymentsConsumer()
-	ccfg.Pool, ccfg.Logger = pool, log
+	ccfg.Pool, ccfg.Logger, ccfg.MeterProvider = pool, log, tel.MeterProvider
 	c, err := consumer.New(ccfg, payments.Handler())
 	if err != nil {
 		log.Error("bad consumer configuration", "err", err)

@@ -36,7 +36,13 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
-	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: cfg.Outbox(), Brokers: cfg.Brokers, Logger: log})
+	tel, err := shop.StartTelemetry(log)
+	if err != nil {
+		log.Error("cannot serve metrics", "err", err)
+		return 1
+	}
+	defer tel.Close()
+	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: cfg.Outbox(), Brokers: cfg.Brokers, Logger: log, MeterProvider: tel.MeterProvider})
 	if err != nil {
 		log.Error("bad relay configuration", "err", err)
 		return 1

@@ -36,9 +36,15 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
+	tel, err := shop.StartTelemetry(log)
+	if err != nil {
+		log.Error("cannot serve metrics", "err", err)
+		return 1
+	}
+	defer tel.Close()
 	shipping := shop.NewShipping(cfg.Names, log)
 	ccfg := cfg.ShippingConsumer()
-	ccfg.Pool, ccfg.Logger = pool, log
+	ccfg.Pool, ccfg.Logger, ccfg.MeterProvider = pool, log, tel.MeterProvider
 	c, err := consumer.New(ccfg, shipping.Handler())
 	if err != nil {
 		log.Error("bad consumer configuration", "err", err)
