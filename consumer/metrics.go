@@ -21,6 +21,12 @@ const (
 	MetricLag           = "exactly.consumer.lag"
 )
 
+// secondsBuckets are the histogram bounds, in seconds, of the consumer's
+// and relay's durations: from a millisecond to a minute. (The SDK's
+// default bounds assume milliseconds and would put every batch in the
+// first bucket.)
+var secondsBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
 type metrics struct {
 	messages      metric.Int64Counter
 	retries       metric.Int64Counter
@@ -49,7 +55,8 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 	if m.retries, err = meter.Int64Counter(MetricRetries, metric.WithDescription("Batch retries, by kind.")); err != nil {
 		return nil, err
 	}
-	if m.batchDuration, err = meter.Float64Histogram(MetricBatchDuration, metric.WithUnit("s"), metric.WithDescription("Time from the start of a batch's transaction to its commit.")); err != nil {
+	if m.batchDuration, err = meter.Float64Histogram(MetricBatchDuration, metric.WithUnit("s"), metric.WithDescription("Time from the start of a batch's transaction to its commit."),
+		metric.WithExplicitBucketBoundaries(secondsBuckets...)); err != nil {
 		return nil, err
 	}
 	if m.commitErrors, err = meter.Int64Counter(MetricCommitErrors, metric.WithDescription("Kafka offset commits that failed after the database commit (the messages are redelivered and skipped).")); err != nil {

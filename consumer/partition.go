@@ -126,6 +126,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 			if len(pending) == 0 {
 				return // fetchCtx ended
 			}
+			p.lag.Store(r.Lag())
 		}
 		n, err := p.process(procCtx, pending)
 		if n > 0 {

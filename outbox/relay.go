@@ -212,6 +212,10 @@ const (
 	MetricShardOwned   = "exactly.outbox.shard_owned"
 )
 
+// latencyBuckets are the bounds, in seconds, of the publish latency
+// histogram: from a millisecond to a minute.
+var latencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
 func (r *Relay) initMetrics() error {
 	m := r.cfg.MeterProvider.Meter("github.com/exactlyhq/exactly/outbox")
 	var err error
@@ -224,7 +228,8 @@ func (r *Relay) initMetrics() error {
 	if r.dead, err = m.Int64Counter(MetricDeadLettered, metric.WithDescription("Rows moved to the dead-letter table.")); err != nil {
 		return err
 	}
-	if r.latency, err = m.Float64Histogram(MetricLatency, metric.WithUnit("s"), metric.WithDescription("Time from enqueue to Kafka acknowledgement.")); err != nil {
+	if r.latency, err = m.Float64Histogram(MetricLatency, metric.WithUnit("s"), metric.WithDescription("Time from enqueue to Kafka acknowledgement."),
+		metric.WithExplicitBucketBoundaries(latencyBuckets...)); err != nil {
 		return err
 	}
 	_, err = m.Int64ObservableGauge(MetricOwnedShards, metric.WithDescription("Shards this relay owns."),

@@ -3,6 +3,8 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -608,7 +610,11 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		var m outbox.Message
 		var keys []string
 		var values [][]byte
-		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values)
+		var d struct {
+			partition int
+			offset    int64
+		}
+		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // resolved meanwhile, or locked by another operator
 		}
@@ -617,8 +623,17 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		}
 		found = true
 		if resolution == "replayed" {
+			hasToken := false
 			for i, k := range keys {
 				m.Headers = append(m.Headers, kafka.Header{Key: k, Value: values[i]})
+				hasToken = hasToken || k == outbox.HeaderMessageID
+			}
+			if !hasToken {
+				// The message had no token of its own: give it one derived
+				// from where it was first read, so that replays of the same
+				// Kafka message (from the dead letters of several groups)
+				// carry one token.
+				m.ID = replayID(m.Topic, d.partition, d.offset)
 			}
 			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
 				return err
@@ -628,6 +643,16 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		return err
 	})
 	return found, err
+}
+
+// replayID is a UUID (version 8, RFC 9562) derived from a Kafka message's
+// coordinates.
+func replayID(topic string, partition int, offset int64) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("exactly-replay\x00%s\x00%d\x00%d", topic, partition, offset)))
+	sum[6] = sum[6]&0x0f | 0x80
+	sum[8] = sum[8]&0x3f | 0x80
+	h := hex.EncodeToString(sum[:16])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // ---- prune

@@ -293,3 +293,15 @@ func TestStatusAndPrune(t *testing.T) {
 		t.Fatalf("prune deleted %d, %d tokens left; want 15 and 5", pr.Total, st.Inbox[0].Tokens)
 	}
 }
+
+func TestReplayID(t *testing.T) {
+	t.Parallel()
+	a, b := replayID("orders", 3, 42), replayID("orders", 3, 42)
+	if a != b || a == replayID("orders", 3, 43) || a == replayID("orders", 4, 42) {
+		t.Fatalf("replay ids not stable per message: %s %s", a, b)
+	}
+	tok, err := inbox.ParseToken(a)
+	if err != nil || tok.String() != a {
+		t.Fatalf("replay id %q is not a canonical UUID token: %v", a, err)
+	}
+}
