@@ -11,10 +11,10 @@
 //
 //  1. The application's transaction writes its data and enqueues messages.
 //     Commit makes both visible; rollback discards both.
-//  2. The relay reads the oldest rows of a shard, but only rows whose
+//  2. The relay reads the rows of a shard in id order, but only rows whose
 //     transaction is older than every transaction still running
-//     (xid < pg_snapshot_xmin): a row with a smaller id can then no longer
-//     appear, so rows are published in id order and none is skipped.
+//     (xid < pg_snapshot_xmin). Rows are removed only once published, so a
+//     row that commits late is read later: none is skipped.
 //  3. It publishes them with acknowledgement from all in-sync replicas.
 //  4. It deletes them (or marks them published, with
 //     RelayConfig.KeepPublished).
@@ -23,9 +23,22 @@
 // ids; the downstream inbox skips them. Publishing is at least once;
 // processing downstream is exactly once.
 //
-// A long-running writing transaction holds pg_snapshot_xmin back, for the
-// whole cluster: rows committed after it started wait until it ends. Keep
-// transactions that write short; read-only transactions do not hold it.
+// # Order
+//
+// Messages of one transaction are published in the order they were
+// enqueued. A message enqueued after another message's transaction
+// committed is published after it: its transaction began writing later, so
+// it becomes readable no sooner. Two transactions that run at the same time
+// have no defined order; if messages of one key come from concurrent
+// transactions and their order matters, make those transactions take a
+// common row lock (SELECT … FOR UPDATE of the entity) as their first write,
+// which orders them. Keys map to shards and each shard has one relay, so
+// this order is the order in the Kafka partition.
+//
+// A long-running writing transaction anywhere in the cluster holds
+// pg_snapshot_xmin back: rows committed after it started wait until it
+// ends (the relay then polls every 10×LingerPoll rather than sleeping).
+// Keep writing transactions short; read-only transactions do not hold it.
 //
 // # Shards and relays
 //

@@ -401,3 +401,34 @@ func TestShards(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestHeldBackRowsDoNotWaitForPoll: a row committed while an older
+// transaction runs cannot be published until that one ends, which sends no
+// notification. The relay must notice within its fast polling, not after
+// PollInterval (an hour here).
+func TestHeldBackRowsDoNotWaitForPoll(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	cfg := b.relay
+	cfg.PollInterval = time.Hour
+	cfg.Linger = time.Millisecond
+	startRelay(t, b.pool, cfg)
+	// An unrelated writing transaction holds the xmin horizon back.
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx) //nolint:errcheck
+	if _, err := blocker.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, b, outbox.Message{Topic: b.topic, Value: []byte("held")})
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
+	if string(got[0].Value) != "held" {
+		t.Fatalf("got %q", got[0].Value)
+	}
+}

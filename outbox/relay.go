@@ -594,6 +594,18 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 			wait := r.cfg.PollInterval
 			if time.Now().Before(lingerUntil) {
 				wait = r.cfg.LingerPoll
+			} else {
+				// Rows held back by an older transaction still running
+				// get no notification when it ends: keep polling, at ten
+				// times LingerPoll (a long transaction could hold them for
+				// minutes).
+				var held bool
+				if err := conn.QueryRow(work, r.ob.sql["held_back"], shard, keys).Scan(&held); err != nil {
+					return fmt.Errorf("read outbox: %w", err)
+				}
+				if held {
+					wait = min(r.cfg.PollInterval, 10*r.cfg.LingerPoll)
+				}
 			}
 			if !next.IsZero() {
 				wait = min(wait, time.Until(next))
