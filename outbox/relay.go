@@ -67,7 +67,10 @@ type RelayConfig struct {
 	PollInterval time.Duration
 	// Linger is how long a shard keeps polling every LingerPoll after it
 	// last found rows, to catch rows enqueued inside another writer's
-	// NotifyWindow. Default to 100ms and 2ms.
+	// NotifyWindow; while rows are held back by an older transaction it
+	// polls every 10×LingerPoll. Default to 100ms and 2ms. Linger -1 turns
+	// both off: the relay then only wakes on notifications and PollInterval,
+	// like a plain polling relay.
 	Linger, LingerPoll time.Duration
 	// MaxAttempts is how often a row may fail for a reason retrying cannot
 	// fix (too large, unknown topic) before it moves to the dead-letter
@@ -134,7 +137,10 @@ func (c RelayConfig) validate() error {
 	if c.MaxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("outbox: RelayConfig.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))
 	}
-	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "Linger": c.Linger, "LingerPoll": c.LingerPoll,
+	if c.Linger < -1 {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.Linger: %v; use -1 to turn lingering off", c.Linger))
+	}
+	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "LingerPoll": c.LingerPoll,
 		"RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax, "LockInterval": c.LockInterval, "KeepPublished": c.KeepPublished,
 		"PruneInterval": c.PruneInterval, "ShutdownTimeout": c.ShutdownTimeout} {
 		if d < 0 {
@@ -594,7 +600,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 			wait := r.cfg.PollInterval
 			if time.Now().Before(lingerUntil) {
 				wait = r.cfg.LingerPoll
-			} else {
+			} else if r.cfg.Linger > 0 {
 				// Rows held back by an older transaction still running
 				// get no notification when it ends: keep polling, at ten
 				// times LingerPoll (a long transaction could hold them for
@@ -619,7 +625,9 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 			t.Stop()
 			continue
 		}
-		lingerUntil = time.Now().Add(r.cfg.Linger)
+		if r.cfg.Linger > 0 {
+			lingerUntil = time.Now().Add(r.cfg.Linger)
+		}
 		transient, err := r.publishRows(work, conn, rows, blocked, log)
 		if err != nil {
 			return err
