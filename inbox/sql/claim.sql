@@ -20,4 +20,13 @@ SELECT i.token,
 	e.fingerprint, e.result, e.kafka_topic, e.kafka_partition, e.kafka_offset, e.processed_at
 FROM input i
 LEFT JOIN inserted ins ON ins.token = i.token
-LEFT JOIN {{.Table}} e ON ins.token IS NULL AND e.scope = $1 AND e.token = i.token
+-- A lookup per token through the primary key. As a plain join, a cached
+-- generic plan made while the table was nearly empty hashed a sequential
+-- scan of the whole inbox, and kept doing so as the inbox grew until the
+-- next autoanalyze (measured: 150 claims/s instead of 2,000 at 100k
+-- tokens). A lateral lookup cannot be hashed.
+LEFT JOIN LATERAL (
+	SELECT x.token, x.fingerprint, x.result, x.kafka_topic, x.kafka_partition, x.kafka_offset, x.processed_at
+	FROM {{.Table}} x
+	WHERE ins.token IS NULL AND x.scope = $1 AND x.token = i.token
+) e ON true
