@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
@@ -244,10 +246,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// returns. At shutdown a partition that finished its batch waits for
 		// its siblings, so that they may finish theirs too.
 		siblings = &sync.WaitGroup{}
+		cm := newCommitter(gen, c.log, c.metrics.commitErrors, metric.WithAttributes(attribute.String("group", c.cfg.GroupID)))
+		gen.Start(cm.run)
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
-				p := c.newPartition(gen, topic, a)
+				p := c.newPartition(gen, cm, topic, a)
 				siblings.Add(1)
 				gen.Start(func(genCtx context.Context) {
 					p.run(ctx, genCtx)

@@ -26,14 +26,15 @@ const (
 
 // partition processes one assigned partition for one generation.
 type partition struct {
-	c     *Consumer
-	gen   *kafka.Generation
-	topic string
-	id    int
-	start int64
-	log   *slog.Logger
-	attrs metric.MeasurementOption
-	lag   *atomic.Int64
+	c         *Consumer
+	gen       *kafka.Generation
+	committer *committer
+	topic     string
+	id        int
+	start     int64
+	log       *slog.Logger
+	attrs     metric.MeasurementOption
+	lag       *atomic.Int64
 }
 
 // item is a fetched message and what the consumer learned about it.
@@ -46,9 +47,9 @@ type item struct {
 	attempts int    // handler failures so far
 }
 
-func (c *Consumer) newPartition(gen *kafka.Generation, topic string, a kafka.PartitionAssignment) *partition {
+func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, topic string, a kafka.PartitionAssignment) *partition {
 	return &partition{
-		c: c, gen: gen, topic: topic, id: a.ID, start: a.Offset,
+		c: c, gen: gen, committer: cm, topic: topic, id: a.ID, start: a.Offset,
 		log:   c.log.With("topic", topic, "partition", a.ID, "generation", gen.ID),
 		attrs: metric.WithAttributes(attribute.String("group", c.cfg.GroupID)),
 	}
@@ -130,7 +131,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 		}
 		n, err := p.process(procCtx, pending)
 		if n > 0 {
-			p.commitOffset(pending[n-1].msg.Offset + 1)
+			p.committer.add(p.topic, p.id, pending[n-1].msg.Offset+1)
 			pending = pending[n:]
 			p.lag.Store(r.Lag())
 		}
@@ -472,14 +473,4 @@ func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 	}
 	p.log.Warn("message dead-lettered", "offset", it.msg.Offset, "reason", it.reason, "attempts", it.attempts, "err", errText)
 	return nil
-}
-
-// commitOffset commits next, the offset after the last message settled in
-// Postgres. A failure loses nothing: the messages are redelivered to whoever
-// owns the partition next and skipped as duplicates.
-func (p *partition) commitOffset(next int64) {
-	if err := p.gen.CommitOffsets(map[string]map[int]int64{p.topic: {p.id: next}}); err != nil {
-		p.c.metrics.commitErrors.Add(context.Background(), 1, p.attrs)
-		p.log.Warn("offset commit failed; committed messages will be redelivered and skipped", "offset", next, "err", err)
-	}
 }

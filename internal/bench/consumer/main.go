@@ -22,7 +22,12 @@
 // schema (dropped afterwards; (d) reuses (a)'s). After each one the effects
 // are checked: none doubled, none lost, per-key order kept. Variants are
 // interleaved, their order rotated each round, and the median of -rounds is
-// reported. A CHECKPOINT precedes every measurement.
+// reported. A CHECKPOINT precedes every measurement. Each measurement also
+// reports this process's CPU (cores), the machine's busy share and, for plain
+// and naive, where their partition loops spent the time (fetch, database
+// transaction, offset commit). A measurement that fails for an infrastructure
+// reason (a broker restarted by a test on a shared machine) is discarded and
+// taken again; a failed correctness check never is.
 //
 // Memory: the process's peak RSS is reported after the 200k runs, and with
 // -rss1m one more dedup pass over a 1,000,000-message backlog shows whether
@@ -97,7 +102,6 @@ type bench struct {
 	transport *kafka.Transport
 	client    *kafka.Client
 	logger    *slog.Logger
-	suffix    string
 	groups    []string
 
 	mu       sync.Mutex
@@ -122,6 +126,19 @@ type result struct {
 	goCPU       float64       // CPU seconds of this process per wall second
 	hostBusy    float64       // share of the machine's CPU time busy, 0..1
 	peakRSS     int64         // bytes, VmRSS sampled during the run
+	phases      string        // where the partition loops spent their time (plain, naive)
+}
+
+// phases sums the time the partition loops of plain and naive spend per step.
+type phases struct {
+	fetch, db, offset, batches, msgs atomic.Int64
+}
+
+func (p *phases) String() string {
+	n := max(p.batches.Load(), 1)
+	ms := func(v *atomic.Int64) float64 { return float64(v.Load()) / float64(n) / 1e6 }
+	return fmt.Sprintf("%d batches of %.0f msgs on average; per batch: fetch %.2fms, db tx %.2fms, offset commit %.2fms",
+		p.batches.Load(), float64(p.msgs.Load())/float64(n), ms(&p.fetch), ms(&p.db), ms(&p.offset))
 }
 
 func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
@@ -134,7 +151,6 @@ func main() {
 		brokers:   strings.Split(cmp.Or(os.Getenv("KAFKA_BROKERS"), "127.0.0.1:9092"), ","),
 		transport: &kafka.Transport{},
 		logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		suffix:    randomSuffix(),
 	}
 	b.client = &kafka.Client{Addr: kafka.TCP(b.brokers...), Timeout: 10 * time.Second, Transport: b.transport}
 	ctx := context.Background()
@@ -171,7 +187,7 @@ func (b *bench) connect(ctx context.Context) error {
 	return nil
 }
 
-// defer registers fn to run at the end, also on failure, last first.
+// atEnd registers fn to run at the end, also on failure, last first.
 func (b *bench) atEnd(fn func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -209,67 +225,64 @@ func (b *bench) main(ctx context.Context) error {
 		return err
 	}
 
+	// A unit returns its measurements by variant; replay runs right after
+	// dedup, on its inbox.
 	type unit struct {
 		name string
-		run  func(round int) error
+		run  func(round int) (map[string]result, error)
 	}
-	results := map[string][]result{}
-	record := func(name string, round int, r result) {
-		results[name] = append(results[name], r)
-		log.Printf("round %d %-6s %7d msgs in %6.2fs: %8.0f msgs/s (first commit %4dms, go cpu %.2f cores, host busy %3.0f%%, peak rss %d MB)",
-			round+1, name, r.msgs, r.elapsed.Seconds(), r.rate(), r.firstCommit.Milliseconds(), r.goCPU, 100*r.hostBusy, r.peakRSS>>20)
+	single := func(name string, fn func(context.Context, backlog, int, bool) (result, error)) unit {
+		return unit{name, func(round int) (map[string]result, error) {
+			r, err := fn(ctx, bl, round, profiling(name, round))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			return map[string]result{name: r}, nil
+		}}
 	}
 	units := []unit{
-		{"dedup+replay", func(round int) error {
-			scope, schema, r, err := b.dedup(ctx, bl, round, profiling("dedup", round))
+		{"dedup+replay", func(round int) (map[string]result, error) {
+			scope, schema, a, err := b.dedup(ctx, bl, round, profiling("dedup", round))
 			if err != nil {
-				return fmt.Errorf("dedup: %w", err)
+				b.dropSchema(schema)
+				return nil, fmt.Errorf("dedup: %w", err)
 			}
-			record("dedup", round, r)
-			r, err = b.replay(ctx, bl, round, scope, schema, profiling("replay", round))
+			d, err := b.replay(ctx, bl, round, scope, schema, profiling("replay", round))
 			b.dropSchema(schema)
 			if err != nil {
-				return fmt.Errorf("replay: %w", err)
+				return nil, fmt.Errorf("replay: %w", err)
 			}
-			record("replay", round, r)
-			return nil
+			return map[string]result{"dedup": a, "replay": d}, nil
 		}},
-		{"plain", func(round int) error {
-			r, err := b.plain(ctx, bl, round, profiling("plain", round))
-			if err != nil {
-				return fmt.Errorf("plain: %w", err)
-			}
-			record("plain", round, r)
-			return nil
-		}},
-		{"naive", func(round int) error {
-			r, err := b.naive(ctx, bl, round, profiling("naive", round))
-			if err != nil {
-				return fmt.Errorf("naive: %w", err)
-			}
-			record("naive", round, r)
-			return nil
-		}},
-		{"batch", func(round int) error {
-			r, err := b.batch(ctx, bl, round, profiling("batch", round))
-			if err != nil {
-				return fmt.Errorf("batch: %w", err)
-			}
-			record("batch", round, r)
-			return nil
-		}},
+		single("plain", b.plain),
+		single("naive", b.naive),
+		single("batch", b.batch),
 	}
+	results := map[string][]result{}
 	for round := range *rounds {
 		// Rotate the order each round so that no variant always runs first.
 		for k := range units {
 			u := units[(k+round)%len(units)]
-			if err := u.run(round); err != nil {
+			rs, err := b.retrying(ctx, u.name, func() (map[string]result, error) { return u.run(round) })
+			if err != nil {
 				return fmt.Errorf("round %d: %w", round+1, err)
+			}
+			for _, name := range []string{"dedup", "replay", "plain", "naive", "batch"} {
+				r, ok := rs[name]
+				if !ok {
+					continue
+				}
+				results[name] = append(results[name], r)
+				log.Printf("round %d %-6s %7d msgs in %6.2fs: %8.0f msgs/s (first commit %4dms, go cpu %.2f cores, host busy %3.0f%%, peak rss %d MB)",
+					round+1, name, r.msgs, r.elapsed.Seconds(), r.rate(), r.firstCommit.Milliseconds(), r.goCPU, 100*r.hostBusy, r.peakRSS>>20)
+				if r.phases != "" {
+					log.Printf("        %-6s %s", name, r.phases)
+				}
 			}
 		}
 	}
-	hwm200k := procStatus("VmHWM")
-	log.Printf("after the %d-message runs: VmHWM %d MB, VmRSS %d MB", bl.n, hwm200k>>20, procStatus("VmRSS")>>20)
+	hwm200k := processPeakRSS()
+	log.Printf("after the %d-message runs: process VmHWM %d MB, VmRSS %d MB", bl.n, hwm200k>>20, procStatus("VmRSS")>>20)
 	b.deleteTopic(bl.topic)
 
 	var big result
@@ -279,14 +292,17 @@ func (b *bench) main(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		_, schema, r, err := b.dedup(ctx, bigBl, -1, false)
-		b.dropSchema(schema)
+		rs, err := b.retrying(ctx, "dedup 1M", func() (map[string]result, error) {
+			_, schema, r, err := b.dedup(ctx, bigBl, -1, false)
+			b.dropSchema(schema)
+			return map[string]result{"dedup": r}, err
+		})
 		if err != nil {
 			return fmt.Errorf("dedup on %d messages: %w", bigBl.n, err)
 		}
-		big = r
-		hwmBig = procStatus("VmHWM")
-		log.Printf("dedup on %d messages: %.0f msgs/s, peak rss during the run %d MB, VmHWM %d MB", bigBl.n, r.rate(), r.peakRSS>>20, hwmBig>>20)
+		big = rs["dedup"]
+		hwmBig = processPeakRSS()
+		log.Printf("dedup on %d messages: %.0f msgs/s, peak rss during the run %d MB, process VmHWM %d MB", bigBl.n, big.rate(), big.peakRSS>>20, hwmBig>>20)
 		b.deleteTopic(bigBl.topic)
 	}
 
@@ -314,16 +330,50 @@ func (b *bench) main(ctx context.Context) error {
 	}
 	fmt.Println()
 	if *rss1m {
-		fmt.Printf("rss: %dk backlog: VmHWM %d MB, dedup peak VmRSS %d MB; %dk backlog: VmHWM %d MB, dedup peak VmRSS %d MB\n",
-			bl.n/1000, hwm200k>>20, maxRSS(results["dedup"])>>20, *bigN/1000, hwmBig>>20, big.peakRSS>>20)
+		fmt.Printf("rss: %dk backlog: dedup run peak %d MB, process peak so far %d MB; %dk backlog: dedup run peak %d MB, process peak so far %d MB\n",
+			bl.n/1000, maxRSS(results["dedup"])>>20, hwm200k>>20, *bigN/1000, big.peakRSS>>20, hwmBig>>20)
 	} else {
-		fmt.Printf("rss: %dk backlog: VmHWM %d MB, dedup peak VmRSS %d MB; 1M pass skipped (-rss1m=false)\n",
-			bl.n/1000, hwm200k>>20, maxRSS(results["dedup"])>>20)
+		fmt.Printf("rss: %dk backlog: dedup run peak %d MB, process peak so far %d MB; 1M pass skipped (-rss1m=false)\n",
+			bl.n/1000, maxRSS(results["dedup"])>>20, hwm200k>>20)
 	}
 	a, bb, c, d, e := med("dedup").rate(), med("plain").rate(), med("naive").rate(), med("replay").rate(), med("batch").rate()
 	fmt.Printf("consumer: dedup/plain=%.2f batched/naive=%.1f replay/fresh=%.2f msgs_per_s=%.0f batch_handler_msgs_per_s=%.0f rss_mb=%d\n",
 		a/bb, a/c, d/a, a, e, hwm200k>>20)
 	return nil
+}
+
+// correctnessError is a failed check of the effects: never retried.
+type correctnessError struct{ err error }
+
+func (e *correctnessError) Error() string { return "CORRECTNESS: " + e.err.Error() }
+func (e *correctnessError) Unwrap() error { return e.err }
+
+// retrying runs a measurement up to three times while it fails for another
+// reason than a correctness check, such as a broker restarted by someone
+// else's test on a shared machine. A failed attempt's numbers are discarded.
+func (b *bench) retrying(ctx context.Context, name string, fn func() (map[string]result, error)) (map[string]result, error) {
+	for attempt := 1; ; attempt++ {
+		rs, err := fn()
+		var ce *correctnessError
+		if err == nil || errors.As(err, &ce) || attempt == 3 {
+			return rs, err
+		}
+		log.Printf("%s: measurement failed, discarded (%v); waiting for Kafka and Postgres, then measuring again", name, err)
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			time.Sleep(2 * time.Second)
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, kerr := b.client.ApiVersions(pctx, &kafka.ApiVersionsRequest{})
+			perr := b.pool.Ping(pctx)
+			cancel()
+			if kerr == nil && perr == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("%s: services did not come back: kafka %v, postgres %v (after: %w)", name, kerr, perr, err)
+			}
+		}
+	}
 }
 
 func profiling(variant string, round int) bool {
@@ -435,7 +485,7 @@ func (b *bench) replay(ctx context.Context, bl backlog, round int, scope, schema
 		return r, err
 	}
 	if after != before || newRows != 0 {
-		return r, fmt.Errorf("replay applied %d new effects (%d rows before, %d after): duplicates were not skipped", newRows, before, after)
+		return r, &correctnessError{fmt.Errorf("replay applied %d new effects (%d rows before, %d after): duplicates were not skipped", newRows, before, after)}
 	}
 	return r, b.verify(ctx, schema, effects, bl.ends)
 }
@@ -483,12 +533,15 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 	}
 	ins := insertSQL(effects)
 	tokens := inbox.FromHeader("")
+	var ph phases
 	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
 		for {
+			t0 := time.Now()
 			msgs, toks := fetchBatch(fetchCtx, r, tokens)
 			if len(msgs) == 0 {
 				return nil // fetchCtx ended
 			}
+			t1 := time.Now()
 			tx, err := b.pool.Begin(procCtx)
 			if err != nil {
 				return fmt.Errorf("begin: %w", err)
@@ -502,14 +555,21 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 			if err := tx.Commit(procCtx); err != nil {
 				return fmt.Errorf("commit: %w", err)
 			}
+			t2 := time.Now()
 			if err := gen.CommitOffsets(map[string]map[int]int64{topic: {id: msgs[len(msgs)-1].Offset + 1}}); err != nil {
 				return fmt.Errorf("commit offsets: %w", err)
 			}
+			ph.fetch.Add(int64(t1.Sub(t0)))
+			ph.db.Add(int64(t2.Sub(t1)))
+			ph.offset.Add(int64(time.Since(t2)))
+			ph.batches.Add(1)
+			ph.msgs.Add(int64(len(msgs)))
 		}
 	}
 	r, err := b.measure(ctx, group, bl.topic, bl.ends, profile, func(ctx context.Context) error {
 		return b.runGroup(ctx, group, bl.topic, part)
 	})
+	r.phases = ph.String()
 	if err != nil {
 		return r, err
 	}
@@ -535,6 +595,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 	}
 	ins := insertSQL(effects)
 	tokens := inbox.FromHeader("")
+	var ph phases
 	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
 		limit := bl.naive[id]
 		// Returning would end the generation (kafka-go ends it as soon as
@@ -544,6 +605,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 			return idle()
 		}
 		for {
+			t0 := time.Now()
 			m, err := r.FetchMessage(fetchCtx)
 			if err != nil {
 				if fetchCtx.Err() != nil {
@@ -552,6 +614,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 				time.Sleep(retryInitial)
 				continue
 			}
+			t1 := time.Now()
 			if m.Offset >= limit {
 				return idle()
 			}
@@ -568,16 +631,22 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 					return err
 				}
 				if c.Outcome != inbox.Fresh {
-					return fmt.Errorf("offset %d: token %v claimed as %v in a fresh inbox", m.Offset, tok, c.Outcome)
+					return &correctnessError{fmt.Errorf("offset %d: token %v claimed as %v in a fresh inbox", m.Offset, tok, c.Outcome)}
 				}
 				return insertEffect(procCtx, tx, ins, tok, m)
 			})
 			if err != nil {
 				return err
 			}
+			t2 := time.Now()
 			if err := gen.CommitOffsets(map[string]map[int]int64{topic: {id: m.Offset + 1}}); err != nil {
 				return fmt.Errorf("commit offsets: %w", err)
 			}
+			ph.fetch.Add(int64(t1.Sub(t0)))
+			ph.db.Add(int64(t2.Sub(t1)))
+			ph.offset.Add(int64(time.Since(t2)))
+			ph.batches.Add(1)
+			ph.msgs.Add(1)
 			if m.Offset+1 >= limit {
 				return idle()
 			}
@@ -586,6 +655,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 	r, err := b.measure(ctx, group, bl.topic, bl.naive, profile, func(ctx context.Context) error {
 		return b.runGroup(ctx, group, bl.topic, part)
 	})
+	r.phases = ph.String()
 	if err != nil {
 		return r, err
 	}
@@ -715,7 +785,8 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 		return result{}, err
 	}
 	runtime.GC()
-	debug.FreeOSMemory() // so that the sampled RSS is this run's
+	debug.FreeOSMemory() // so that the peak RSS is this run's
+	resetPeakRSS()
 
 	var peak atomic.Int64
 	stopSampling := make(chan struct{})
@@ -772,7 +843,10 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 	for {
 		select {
 		case err := <-done:
-			return r, fmt.Errorf("run returned before finishing: %v", err)
+			if err == nil {
+				err = errors.New("no error")
+			}
+			return r, fmt.Errorf("run returned before finishing: %w", err)
 		case <-tick.C:
 		}
 		got, err := b.committed(ctx, group, topic)
@@ -805,7 +879,7 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 	r.elapsed = time.Since(start)
 	r.goCPU = (procCPU() - cpu0).Seconds() / r.elapsed.Seconds()
 	r.hostBusy = hostCPU().busySince(host0)
-	r.peakRSS = peak.Load()
+	r.peakRSS = max(peak.Load(), procStatus("VmHWM"))
 	cancel()
 	select {
 	case err := <-done:
@@ -903,13 +977,25 @@ func parseSeq(v []byte) (int, error) {
 // [0, targets[p]) of each partition, with each key's sequence numbers
 // increasing by one in insertion order, and nothing was dead-lettered.
 func (b *bench) verify(ctx context.Context, schema, effects string, targets map[int]int64) error {
+	if err := b.check(ctx, schema, effects, targets); err != nil {
+		var ce *correctnessError
+		if errors.As(err, &ce) {
+			return err
+		}
+		return fmt.Errorf("verify: %w", err) // a failed query, not a failed check
+	}
+	return nil
+}
+
+func (b *bench) check(ctx context.Context, schema, effects string, targets map[int]int64) error {
+	bad := func(format string, args ...any) error { return &correctnessError{fmt.Errorf(format, args...)} }
 	want := sum(targets)
 	var total, distinct int64
 	if err := b.pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT token) FROM "+effects).Scan(&total, &distinct); err != nil {
 		return err
 	}
 	if total != want || distinct != want {
-		return fmt.Errorf("effects: %d rows for %d distinct tokens, want exactly %d of each (duplicated: %d, lost: %d)",
+		return bad("effects: %d rows for %d distinct tokens, want exactly %d of each (duplicated: %d, lost: %d)",
 			total, distinct, want, total-distinct, want-distinct)
 	}
 	var backwards, gaps, badStart int64
@@ -919,7 +1005,7 @@ func (b *bench) verify(ctx context.Context, schema, effects string, targets map[
 		return err
 	}
 	if backwards != 0 || gaps != 0 || badStart != 0 {
-		return fmt.Errorf("per-key order broken: %d effects out of order, %d gaps, %d keys not starting at 0", backwards, gaps, badStart)
+		return bad("per-key order broken: %d effects out of order, %d gaps, %d keys not starting at 0", backwards, gaps, badStart)
 	}
 	rows, err := b.pool.Query(ctx, "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset) FROM "+effects+" GROUP BY 1")
 	if err != nil {
@@ -930,7 +1016,7 @@ func (b *bench) verify(ctx context.Context, schema, effects string, targets map[
 	seen := map[int]int64{}
 	_, err = pgx.ForEachRow(rows, []any{&p, &n, &lo, &hi}, func() error {
 		if n != targets[p] || lo != 0 || hi != targets[p]-1 {
-			return fmt.Errorf("partition %d: %d effects for offsets %d..%d, want %d for 0..%d", p, n, lo, hi, targets[p], targets[p]-1)
+			return bad("partition %d: %d effects for offsets %d..%d, want %d for 0..%d", p, n, lo, hi, targets[p], targets[p]-1)
 		}
 		seen[p] = n
 		return nil
@@ -940,7 +1026,7 @@ func (b *bench) verify(ctx context.Context, schema, effects string, targets map[
 	}
 	for p, t := range targets {
 		if t > 0 && seen[p] != t {
-			return fmt.Errorf("partition %d: no effects, want %d", p, t)
+			return bad("partition %d: no effects, want %d", p, t)
 		}
 	}
 	var dlExists bool
@@ -954,7 +1040,7 @@ func (b *bench) verify(ctx context.Context, schema, effects string, targets map[
 			return err
 		}
 		if dead != 0 {
-			return fmt.Errorf("%d messages dead-lettered", dead)
+			return bad("%d messages dead-lettered", dead)
 		}
 	}
 	return nil
@@ -972,6 +1058,9 @@ func (b *bench) produceBacklog(ctx context.Context, n, naive int) (backlog, erro
 		return bl, err
 	}
 	b.atEnd(func() { b.deleteTopic(bl.topic) })
+	runtime.GC()
+	debug.FreeOSMemory()
+	resetPeakRSS()
 	start := time.Now()
 	transport := &kafka.Transport{}
 	defer transport.CloseIdleConnections()
@@ -1021,8 +1110,8 @@ func (b *bench) produceBacklog(ctx context.Context, n, naive int) (backlog, erro
 	if got := bl.size(); got != int64(n) {
 		return bl, fmt.Errorf("topic %s holds %d messages after producing %d", bl.topic, got, n)
 	}
-	log.Printf("produced %d messages to %s in %v (%.0f msgs/s); end offsets %v", n, bl.topic,
-		time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds(), bl.ends)
+	log.Printf("produced %d messages to %s in %v (%.0f msgs/s, peak rss %d MB); end offsets %v", n, bl.topic,
+		time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds(), procStatus("VmHWM")>>20, bl.ends)
 	return bl, nil
 }
 
@@ -1131,6 +1220,21 @@ func procStatus(field string) int64 {
 	}
 	return 0
 }
+
+// peakBeforeReset is the process's peak RSS before the last resetPeakRSS.
+var peakBeforeReset int64
+
+// resetPeakRSS resets VmHWM to the current RSS (Linux clear_refs 5), so
+// that VmHWM read later is the peak since this call.
+func resetPeakRSS() {
+	peakBeforeReset = max(peakBeforeReset, procStatus("VmHWM"))
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		log.Printf("cannot reset VmHWM (%v); per-run peaks are sampled only", err)
+	}
+}
+
+// processPeakRSS is the process's peak RSS since it started.
+func processPeakRSS() int64 { return max(peakBeforeReset, procStatus("VmHWM")) }
 
 // procCPU returns this process's user plus system CPU time.
 func procCPU() time.Duration {
