@@ -535,6 +535,36 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 	tokens := inbox.FromHeader("")
 	var ph phases
 	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
+		// Offsets are committed in the background, after the database
+		// commit, as the consumer package does.
+		var latest atomic.Int64
+		wake := make(chan struct{}, 1)
+		committed := make(chan error, 1)
+		stopCommits, cancelCommits := context.WithCancel(fetchCtx)
+		go func() {
+			var last int64
+			for {
+				select {
+				case <-wake:
+				case <-stopCommits.Done():
+				}
+				if next := latest.Load(); next > last {
+					if err := gen.CommitOffsets(map[string]map[int]int64{topic: {id: next}}); err != nil {
+						committed <- fmt.Errorf("commit offsets: %w", err)
+						return
+					}
+					last = next
+				}
+				if stopCommits.Err() != nil {
+					committed <- nil
+					return
+				}
+			}
+		}()
+		defer func() {
+			cancelCommits()
+			<-committed
+		}()
 		for {
 			t0 := time.Now()
 			msgs, toks := fetchBatch(fetchCtx, r, tokens)
@@ -556,8 +586,10 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 				return fmt.Errorf("commit: %w", err)
 			}
 			t2 := time.Now()
-			if err := gen.CommitOffsets(map[string]map[int]int64{topic: {id: msgs[len(msgs)-1].Offset + 1}}); err != nil {
-				return fmt.Errorf("commit offsets: %w", err)
+			latest.Store(msgs[len(msgs)-1].Offset + 1)
+			select {
+			case wake <- struct{}{}:
+			default:
 			}
 			ph.fetch.Add(int64(t1.Sub(t0)))
 			ph.db.Add(int64(t2.Sub(t1)))
