@@ -3,7 +3,6 @@ package consumer
 import (
 	"errors"
 	"fmt"
-	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -70,11 +69,10 @@ func isTransient(err error) bool {
 		}
 		return false
 	}
+	// Only pgconn's own errors: a network error from something else the
+	// handler calls (an HTTP API) is the message's failure, retried up to
+	// MaxAttempts, not an outage to wait out forever.
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
-		return true
-	}
-	var netErr net.Error
-	if errors.As(err, &netErr) {
 		return true
 	}
 	var connErr *pgconn.ConnectError
