@@ -1,0 +1,83 @@
+package shop
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/exactlyhq/exactly/consumer"
+)
+
+// Worker describes a worker program: its consumer and its handler.
+type Worker struct {
+	// Name is the program's name, in logs and as Postgres application_name.
+	Name string
+	// Counts names what the progress counter counts ("payments recorded").
+	Counts string
+	// Consumer returns the consumer configuration, without pool, logger
+	// and meter provider.
+	Consumer func(Config) consumer.Config
+	// Handler builds the handler and the counter its progress logs read.
+	Handler func(Names, *slog.Logger) (consumer.Handler, *atomic.Int64, error)
+}
+
+// RunWorker is a worker program's main: it reads its flags and the
+// environment, connects, serves metrics, and consumes until SIGINT or
+// SIGTERM. It returns the exit status.
+func RunWorker(w Worker) int {
+	verbose := flag.Bool("v", false, "debug logs")
+	every := flag.Duration("stats", 10*time.Second, "how often to log progress (0: never)")
+	flag.Parse()
+	log := Logger(w.Name, *verbose)
+	cfg, err := FromEnv()
+	if err != nil {
+		log.Error("bad environment", "err", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// One transaction per assigned partition at a time, plus start-up checks.
+	pool, err := Connect(ctx, cfg.DatabaseURL, w.Name, Partitions+4)
+	if err != nil {
+		log.Error("cannot connect", "err", err)
+		return 1
+	}
+	defer pool.Close()
+	tel, err := StartTelemetry(log)
+	if err != nil {
+		log.Error("cannot serve metrics", "err", err)
+		return 1
+	}
+	defer tel.Close()
+	h, counter, err := w.Handler(cfg.Names, log)
+	if err != nil {
+		log.Error("bad handler configuration", "err", err)
+		return 1
+	}
+	ccfg := w.Consumer(cfg)
+	ccfg.Pool, ccfg.Logger, ccfg.MeterProvider = pool, log, tel.MeterProvider
+	c, err := consumer.New(ccfg, h)
+	if err != nil {
+		log.Error("bad consumer configuration", "err", err)
+		return 1
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		LogProgress(ctx, log, *every, w.Counts, counter)
+	}()
+	defer wg.Wait()
+	if err := c.Run(ctx); err != nil {
+		log.Error("consumer failed", "err", err)
+		stop() // end the progress logger too
+		return 1
+	}
+	return 0
+}
