@@ -45,7 +45,9 @@
 // Rows are sharded by a hash of the message key (Config.Shards). A relay
 // owns a shard while it holds a session advisory lock on a dedicated
 // connection; rows of one key are in one shard, so per-key order holds with
-// any number of relays. When a relay dies its session ends, the lock is
+// any number of relays. Every relay tries every shard after a random delay,
+// so relays started together share the shards roughly evenly (a relay may
+// own none and stand by). When a relay dies its session ends, the lock is
 // released, and another relay takes the shard within
 // RelayConfig.LockInterval. Change Config.Shards only when the outbox is
 // empty: rows already enqueued keep their old shard.

@@ -114,3 +114,27 @@ func (c *Child) Stop(timeout time.Duration) bool {
 	c.Kill()
 	return c.cmd.ProcessState.Success()
 }
+
+// WaitAny waits until one of children prints line and returns its index.
+func WaitAny(t testing.TB, children []*Child, line string, timeout time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for i, c := range children {
+		drain:
+			for {
+				select {
+				case l := <-c.lines:
+					if l == line {
+						return i
+					}
+				default:
+					break drain
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no child printed %q within %v", line, timeout)
+	return -1
+}
