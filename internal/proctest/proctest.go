@@ -90,6 +90,25 @@ func (c *Child) WaitLine(t testing.TB, line string, timeout time.Duration) {
 	}
 }
 
+// Saw waits up to timeout for the child to print line and reports whether
+// it did. Unlike WaitLine it does not fail the test: random-kill tests use
+// it to kill a child mid-work when there is work, and anyway when not.
+func (c *Child) Saw(line string, timeout time.Duration) bool {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l := <-c.lines:
+			if l == line {
+				return true
+			}
+		case <-c.done:
+			return false
+		case <-deadline:
+			return false
+		}
+	}
+}
+
 // Kill SIGKILLs the child and reaps it. It is safe to call twice.
 func (c *Child) Kill() {
 	if c.cmd.ProcessState != nil {
