@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -33,36 +34,53 @@ func Topic(tb testing.TB, partitions int) string {
 	name := "test-" + pgtest.RandomSuffix()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := controller(ctx)
-	if err != nil {
-		tb.Fatalf("kafkatest: Kafka at %v is unreachable (run `make services`): %v", Brokers(), err)
-	}
-	defer conn.Close()
-	err = conn.CreateTopics(kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: 1})
-	if err != nil {
-		tb.Fatalf("kafkatest: create topic: %v", err)
+	if err := CreateTopic(ctx, name, partitions); err != nil {
+		tb.Fatalf("kafkatest: %v (is Kafka running? `make services`)", err)
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if conn, err := controller(ctx); err == nil {
-			_ = conn.DeleteTopics(name)
-			conn.Close()
-		}
+		_ = DeleteTopic(ctx, name)
 	})
-	// Wait until every partition has a leader, so the first produce and
-	// fetch do not race topic creation.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ps, err := readPartitions(ctx, name)
-		if err == nil && len(ps) == partitions && allLed(ps) {
-			return name
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("kafkatest: topic %s not ready: %d partitions, %v", name, len(ps), err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	return name
+}
+
+// CreateTopic creates topic with the given partitions (replication factor
+// 1) and waits until every partition has a leader, so that the first
+// produce and fetch do not race its creation. Benchmarks use it too.
+func CreateTopic(ctx context.Context, topic string, partitions int) error {
+	conn, err := controller(ctx)
+	if err != nil {
+		return fmt.Errorf("Kafka controller at %v: %w", Brokers(), err)
 	}
+	defer conn.Close()
+	if err := conn.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}); err != nil {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	for {
+		ps, err := conn.ReadPartitions(topic)
+		if err == nil && len(ps) == partitions && allLed(ps) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topic %s not ready: %d partitions, %v", topic, len(ps), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteTopic deletes topic; a topic that does not exist is not an error.
+func DeleteTopic(ctx context.Context, topic string) error {
+	conn, err := controller(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.DeleteTopics(topic); err != nil && !errors.Is(err, kafka.UnknownTopicOrPartition) {
+		return fmt.Errorf("delete topic %s: %w", topic, err)
+	}
+	return nil
 }
 
 func allLed(ps []kafka.Partition) bool {
@@ -72,15 +90,6 @@ func allLed(ps []kafka.Partition) bool {
 		}
 	}
 	return true
-}
-
-func readPartitions(ctx context.Context, topic string) ([]kafka.Partition, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", Brokers()[0])
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	return conn.ReadPartitions(topic)
 }
 
 func controller(ctx context.Context) (*kafka.Conn, error) {

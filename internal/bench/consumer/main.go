@@ -46,7 +46,6 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
-	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -65,6 +64,7 @@ import (
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
@@ -881,7 +881,7 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 			return r, fmt.Errorf("run returned before finishing: %w", err)
 		case <-tick.C:
 		}
-		got, err := b.committed(ctx, group, topic)
+		got, err := kafkatest.Committed(ctx, group, topic, partitions)
 		if err != nil {
 			continue // the coordinator may not know the group yet
 		}
@@ -922,31 +922,6 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 		return r, errors.New("run did not return within 60s of cancel")
 	}
 	return r, nil
-}
-
-// committed returns the group's committed offsets of topic by partition.
-func (b *bench) committed(ctx context.Context, group, topic string) (map[int]int64, error) {
-	ps := make([]int, partitions)
-	for i := range ps {
-		ps[i] = i
-	}
-	resp, err := b.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
-	if err != nil {
-		return nil, err
-	}
-	if resp.Error != nil {
-		return nil, resp.Error
-	}
-	out := map[int]int64{}
-	for _, p := range resp.Topics[topic] {
-		if p.Error != nil {
-			return nil, p.Error
-		}
-		if p.CommittedOffset >= 0 {
-			out[p.Partition] = p.CommittedOffset
-		}
-	}
-	return out, nil
 }
 
 func (b *bench) checkpoint(ctx context.Context) error {
@@ -1169,63 +1144,18 @@ func (b *bench) endOffsets(ctx context.Context, topic string) (map[int]int64, er
 	return out, nil
 }
 
-func (b *bench) controller(ctx context.Context) (*kafka.Conn, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", b.brokers[0])
-	if err != nil {
-		return nil, err
-	}
-	c, err := conn.Controller()
-	conn.Close()
-	if err != nil {
-		return nil, err
-	}
-	return kafka.DialContext(ctx, "tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
-}
-
 // createTopic creates topic and waits until every partition has a leader.
 func (b *bench) createTopic(ctx context.Context, topic string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := b.controller(ctx)
-	if err != nil {
-		return fmt.Errorf("kafka controller: %w", err)
-	}
-	defer conn.Close()
-	if err := conn.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}); err != nil {
-		return fmt.Errorf("create topic %s: %w", topic, err)
-	}
-	for {
-		ps, err := conn.ReadPartitions(topic)
-		if err == nil && len(ps) == partitions && allLed(ps) {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("topic %s not ready: %d partitions, %v", topic, len(ps), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func allLed(ps []kafka.Partition) bool {
-	for _, p := range ps {
-		if p.Leader.ID < 0 || p.Leader.Host == "" {
-			return false
-		}
-	}
-	return true
+	return kafkatest.CreateTopic(ctx, topic, partitions)
 }
 
 func (b *bench) deleteTopic(topic string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := b.controller(ctx)
-	if err != nil {
-		log.Printf("delete topic %s: %v", topic, err)
-		return
-	}
-	defer conn.Close()
-	if err := conn.DeleteTopics(topic); err != nil && !errors.Is(err, kafka.UnknownTopicOrPartition) {
-		log.Printf("delete topic %s: %v", topic, err)
+	if err := kafkatest.DeleteTopic(ctx, topic); err != nil {
+		log.Printf("%v", err)
 	}
 }
 

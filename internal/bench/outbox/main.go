@@ -39,7 +39,6 @@ import (
 	"log"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -54,6 +53,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -158,8 +158,8 @@ func main() {
 	if err := pool.Ping(ctx); err != nil {
 		log.Fatalf("Postgres unreachable at DATABASE_URL (run `make services`): %v", err)
 	}
-	if _, err := controller(ctx); err != nil {
-		log.Fatalf("Kafka unreachable at %v (run `make services`): %v", brokers, err)
+	if err := kafkaprobe.Reachable(ctx, nil, brokers); err != nil {
+		log.Fatalf("%v (run `make services`)", err)
 	}
 	loadStart := loadavg()
 	settings := pgSettings(ctx)
@@ -303,72 +303,23 @@ func pgSettings(ctx context.Context) []string {
 
 // ---- Kafka helpers ----
 
-func controller(ctx context.Context) (*kafka.Conn, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		return nil, err
-	}
-	c, err := conn.Controller()
-	conn.Close()
-	if err != nil {
-		return nil, err
-	}
-	return kafka.DialContext(ctx, "tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
-}
-
 // createTopic creates a topic of its own for a run, deleted at exit, and
 // waits until every partition has a leader.
 func createTopic(ctx context.Context, purpose string) string {
 	name := fmt.Sprintf("bench-outbox-%s-%08x", purpose, rand.Uint32())
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := controller(cctx)
-	if err != nil {
-		fatalf("Kafka controller: %v", err)
-	}
-	defer conn.Close()
-	if err := conn.CreateTopics(kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: 1}); err != nil {
-		fatalf("create topic %s: %v", name, err)
+	if err := kafkatest.CreateTopic(cctx, name, partitions); err != nil {
+		fatalf("%v", err)
 	}
 	atCleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn, err := controller(c)
-		if err == nil {
-			err = conn.DeleteTopics(name)
-			conn.Close()
-		}
-		if err != nil {
-			log.Printf("cleanup: delete topic %s: %v", name, err)
+		if err := kafkatest.DeleteTopic(c, name); err != nil {
+			log.Printf("cleanup: %v", err)
 		}
 	})
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if ps, err := readPartitions(cctx, name); err == nil && len(ps) == partitions && allLed(ps) {
-			return name
-		}
-		if time.Now().After(deadline) {
-			fatalf("topic %s has no leader for every partition after 20s", name)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func readPartitions(ctx context.Context, topic string) ([]kafka.Partition, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	return conn.ReadPartitions(topic)
-}
-
-func allLed(ps []kafka.Partition) bool {
-	for _, p := range ps {
-		if p.Leader.ID < 0 || p.Leader.Host == "" {
-			return false
-		}
-	}
-	return true
+	return name
 }
 
 // endOffsets returns the next offset of each partition of topic. It retries
