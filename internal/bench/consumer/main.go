@@ -98,6 +98,7 @@ var (
 
 type bench struct {
 	pool      *pgxpool.Pool
+	start     time.Time
 	brokers   []string
 	transport *kafka.Transport
 	client    *kafka.Client
@@ -146,8 +147,8 @@ func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
 func main() {
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
-	start := time.Now()
 	b := &bench{
+		start:     time.Now(),
 		brokers:   strings.Split(cmp.Or(os.Getenv("KAFKA_BROKERS"), "127.0.0.1:9092"), ","),
 		transport: &kafka.Transport{},
 		logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -161,9 +162,8 @@ func main() {
 	err := b.main(ctx)
 	b.cleanup()
 	if err != nil {
-		log.Fatalf("FAILED after %v: %v", time.Since(start).Round(time.Second), err)
+		log.Fatalf("FAILED after %v: %v", time.Since(b.start).Round(time.Second), err)
 	}
-	log.Printf("total run time %v", time.Since(start).Round(time.Second))
 }
 
 func (b *bench) connect(ctx context.Context) error {
@@ -337,6 +337,8 @@ func (b *bench) main(ctx context.Context) error {
 			bl.n/1000, maxRSS(results["dedup"])>>20, hwm200k>>20)
 	}
 	a, bb, c, d, e := med("dedup").rate(), med("plain").rate(), med("naive").rate(), med("replay").rate(), med("batch").rate()
+	// The ratios are the last line, after everything else, stderr included.
+	log.Printf("total run time %v", time.Since(b.start).Round(time.Second))
 	fmt.Printf("consumer: dedup/plain=%.2f batched/naive=%.1f replay/fresh=%.2f msgs_per_s=%.0f batch_handler_msgs_per_s=%.0f rss_mb=%d\n",
 		a/bb, a/c, d/a, a, e, hwm200k>>20)
 	return nil
