@@ -5,7 +5,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"runtime/debug"
 	"sync"
@@ -158,11 +157,7 @@ func Migrations(cfg Config) ([]migrate.Line, error) {
 	if err != nil {
 		return nil, err
 	}
-	sub, err := fs.Sub(migrationFS, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	dl, err := migrate.Load(sub, "consumer_dead_letters", cfg.Inbox.Schema, cfg.DeadLetterTable, cfg.deadLetterVars())
+	dl, err := migrate.Load(migrationFS, "migrations", "consumer_dead_letters", cfg.Inbox.Schema, cfg.DeadLetterTable, cfg.deadLetterVars())
 	if err != nil {
 		return nil, err
 	}

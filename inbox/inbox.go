@@ -6,7 +6,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -141,11 +140,7 @@ func Migrations(cfg Config) (migrate.Line, error) {
 	if err := cfg.validate(); err != nil {
 		return migrate.Line{}, err
 	}
-	sub, err := fs.Sub(migrationFS, "migrations")
-	if err != nil {
-		return migrate.Line{}, err
-	}
-	return migrate.Load(sub, "inbox", cfg.Schema, cfg.Table, cfg.vars())
+	return migrate.Load(migrationFS, "migrations", "inbox", cfg.Schema, cfg.Table, cfg.vars())
 }
 
 // Migrate applies the inbox migrations that are not yet applied, under an

@@ -56,11 +56,15 @@ type Line struct {
 
 var fileRE = regexp.MustCompile(`^(\d{3})_([a-z0-9_]+)\.(up|down)\.sql$`)
 
-// Load reads NNN_name.up.sql and NNN_name.down.sql files from fsys and
-// renders them as text/template templates with vars. Every value in vars
-// must already be a quoted identifier (pgx.Identifier.Sanitize): templates
-// never see raw user input.
-func Load(fsys fs.FS, component, schema, target string, vars map[string]string) (Line, error) {
+// Load reads NNN_name.up.sql and NNN_name.down.sql files from directory
+// dir of fsys and renders them as text/template templates with vars. Every
+// value in vars must already be a quoted identifier (pgx.Identifier.Sanitize):
+// templates never see raw user input.
+func Load(fsys fs.FS, dir, component, schema, target string, vars map[string]string) (Line, error) {
+	fsys, err := fs.Sub(fsys, dir)
+	if err != nil {
+		return Line{}, fmt.Errorf("migrate: %s migrations: %w", component, err)
+	}
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
 		return Line{}, fmt.Errorf("migrate: read %s migrations: %w", component, err)

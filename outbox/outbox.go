@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io/fs"
 	"sync/atomic"
 	"time"
 
@@ -122,11 +121,7 @@ func Migrations(cfg Config) (migrate.Line, error) {
 	if err := cfg.validate(); err != nil {
 		return migrate.Line{}, err
 	}
-	sub, err := fs.Sub(migrationFS, "migrations")
-	if err != nil {
-		return migrate.Line{}, err
-	}
-	return migrate.Load(sub, "outbox", cfg.Schema, cfg.Table, cfg.vars())
+	return migrate.Load(migrationFS, "migrations", "outbox", cfg.Schema, cfg.Table, cfg.vars())
 }
 
 // Migrate applies the outbox migrations that are not yet applied, under an
