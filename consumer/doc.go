@@ -19,7 +19,10 @@
 //  3. Begin; claim every token in one statement; run the handler for each
 //     fresh message (or the [BatchHandler] once); dead-letter conflicts;
 //     commit.
-//  4. Commit the offset after the last message of the batch.
+//  4. Hand the offset after the batch's last message to the generation's
+//     committer, which commits the latest offset of every partition to
+//     Kafka in the background; never an offset whose batch Postgres has not
+//     committed.
 //
 // If a handler fails, the batch transaction is rolled back and the batch is
 // run again with a savepoint per message, so the failing message neither
