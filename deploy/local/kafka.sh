@@ -191,7 +191,7 @@ running_pid() {
 		fi
 	fi
 	# Pid file lost or stale: look for a broker started on exactly this config file.
-	pid="$(pgrep -f -- "kafka.Kafka $CONF\$" | head -n1 || true)"
+	pid="$(pgrep -f -- "kafka.Kafka $CONF\$" | sed -n 1p || true)"
 	if [ -n "$pid" ]; then
 		echo "$pid" >"$PIDFILE"
 		echo "$pid"
@@ -203,7 +203,7 @@ running_pid() {
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-port_owner() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
+port_owner() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | sed -n '1s/^pid=//p'; }
 
 # A real Kafka API round trip (ApiVersions + Metadata) through the admin client.
 metadata_ok() {
