@@ -1,9 +1,12 @@
 package outbox_test
 
 import (
+	"context"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/services"
@@ -11,11 +14,14 @@ import (
 )
 
 // TestBrokerStopped stops the broker for 20 seconds while messages are
-// enqueued. The rows wait in the outbox, with their attempts recorded, and
-// the backlog drains when the broker is back: nothing lost. It does not
-// call t.Parallel: it stops a shared service (see internal/services).
+// enqueued. The rows wait in the outbox, with their failed attempts and last
+// error recorded but no rejection counted (an outage must never bring a row
+// closer to the dead-letter table), and the backlog drains when the broker is
+// back: nothing lost. It does not call t.Parallel: it stops a shared service
+// (see internal/services).
 func TestBrokerStopped(t *testing.T) {
 	b := setup(t, 2)
+	b.relay.MaxAttempts = 3
 	startRelay(t, b.pool, b.relay)
 	msg := func(i int) outbox.Message {
 		return outbox.Message{Topic: b.topic, Key: []byte("k" + strconv.Itoa(i%5)), Value: []byte(strconv.Itoa(i))}
@@ -41,6 +47,18 @@ func TestBrokerStopped(t *testing.T) {
 	time.Sleep(time.Until(stopped.Add(20 * time.Second))) // the outage lasts 20s
 	if left := countRows(t, b, "outbox"); left != n {
 		t.Fatalf("%d rows in the outbox while Kafka is down, want %d", left, n)
+	}
+	var attempts, rejections int
+	var lastError string
+	err := b.pool.QueryRow(context.Background(), "SELECT attempts, rejections, last_error FROM "+
+		pgx.Identifier{b.schema, "outbox"}.Sanitize()+" ORDER BY attempts DESC LIMIT 1").Scan(&attempts, &rejections, &lastError)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("most tried row while Kafka is down: %d attempts, %d rejections, last error %q", attempts, rejections, lastError)
+	if attempts <= b.relay.MaxAttempts || rejections != 0 || lastError == "" {
+		t.Fatalf("most tried row: %d attempts, %d rejections, last error %q; want more than MaxAttempts (%d) attempts, no rejection, an error",
+			attempts, rejections, lastError, b.relay.MaxAttempts)
 	}
 	services.StartKafka(t)
 	restarted = true

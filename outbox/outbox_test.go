@@ -81,6 +81,27 @@ func waitEmpty(t *testing.T, b bundle) {
 	}
 }
 
+// waitPublished waits until the outbox holds no unpublished row (rows kept
+// for audit stay).
+func waitPublished(t *testing.T, b bundle) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+
+			" WHERE published_at IS NULL").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox still holds %d unpublished rows", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestOutOfOrderCommit: the transaction holding the smaller id commits last.
 // Neither row is skipped, and they are published in id order.
 func TestOutOfOrderCommit(t *testing.T) {
@@ -196,13 +217,20 @@ func TestListenConnectionKilled(t *testing.T) {
 }
 
 // TestPoisonRows: rows that can never be published (unknown topic, too
-// large) are dead-lettered with their reason after MaxAttempts; other keys
-// flow meanwhile, and later rows of the poisoned key follow in order.
+// large) are dead-lettered with their reason after MaxAttempts rejections;
+// other keys flow meanwhile (all of them are published while the poison rows
+// still wait for their retries), and later rows of the poisoned keys follow
+// in order.
 func TestPoisonRows(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
 	cfg := b.relay
 	cfg.MaxAttempts = 3
+	// A rejected row is retried after RetryInitial<<rejections, at most
+	// RetryMax: the poison rows are dead-lettered no sooner than 5s after
+	// their first rejection, ample time for the other keys to flow.
+	cfg.RetryInitial, cfg.RetryMax = time.Second, 3*time.Second
+	cfg.KeepPublished = time.Hour // published rows keep their attempt counts
 	startRelay(t, b.pool, cfg)
 	enqueue(t, b,
 		outbox.Message{Topic: "no-such-topic-" + b.schema, Key: []byte("bad"), Value: []byte("x")},
@@ -215,6 +243,14 @@ func TestPoisonRows(t *testing.T) {
 		good = append(good, outbox.Message{Topic: b.topic, Key: []byte{byte('a' + i%10)}, Value: []byte("good")})
 	}
 	enqueue(t, b, good...)
+	for _, m := range kafkatest.ReadAll(t, b.topic, 2, 100, 60*time.Second) {
+		if string(m.Value) != "good" {
+			t.Fatalf("%q published before the other keys' rows", m.Value)
+		}
+	}
+	if n := countRows(t, b, "outbox_dead_letters"); n != 0 {
+		t.Fatalf("the poison rows were dead-lettered (%d) before the other keys flowed: they blocked them", n)
+	}
 	got := kafkatest.ReadAll(t, b.topic, 2, 102, 60*time.Second)
 	var after []string
 	for _, m := range got {
@@ -225,19 +261,29 @@ func TestPoisonRows(t *testing.T) {
 	if len(after) != 2 {
 		t.Fatalf("rows behind the poison rows: published %v, want after-1 and after-2", after)
 	}
-	waitEmpty(t, b)
-	rows, err := b.pool.Query(context.Background(), "SELECT key, reason, attempts FROM "+pgx.Identifier{b.schema, "outbox_dead_letters"}.Sanitize()+" ORDER BY id")
+	waitPublished(t, b)
+	// Rows that shared a write with a poison row were rejected with it; the
+	// relay publishes them again alone, so they count no rejection.
+	var innocent int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+
+		" WHERE rejections > 0").Scan(&innocent); err != nil {
+		t.Fatal(err)
+	}
+	if innocent != 0 {
+		t.Errorf("%d published rows counted a rejection that was not theirs", innocent)
+	}
+	rows, err := b.pool.Query(context.Background(), "SELECT key, reason, rejections FROM "+pgx.Identifier{b.schema, "outbox_dead_letters"}.Sanitize()+" ORDER BY id")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var key []byte
 	var reason string
-	var attempts int
+	var rejections int
 	var seen []string
-	_, err = pgx.ForEachRow(rows, []any{&key, &reason, &attempts}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&key, &reason, &rejections}, func() error {
 		seen = append(seen, string(key)+":"+reason)
-		if attempts != 3 {
-			t.Errorf("dead letter %s: %d attempts, want 3", key, attempts)
+		if rejections != 3 {
+			t.Errorf("dead letter %s: %d rejections, want 3", key, rejections)
 		}
 		return nil
 	})

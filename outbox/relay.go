@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,10 +71,12 @@ type RelayConfig struct {
 	// both off: the relay then only wakes on notifications and PollInterval,
 	// like a plain polling relay.
 	Linger, LingerPoll time.Duration
-	// MaxAttempts is how often a row may fail for a reason retrying cannot
-	// fix (too large, unknown topic) before it moves to the dead-letter
-	// table. Failures while Kafka is unreachable never dead-letter a row.
-	// Defaults to 10.
+	// MaxAttempts is how often Kafka may reject a row for a reason retrying
+	// may not fix (too large, unknown topic) before it moves to the
+	// dead-letter table. The row's rejections column counts these; its
+	// attempts column counts every failed publish. Failures while Kafka is
+	// unreachable never count, so an outage dead-letters nothing, however
+	// long it lasts. Defaults to 10.
 	MaxAttempts int
 	// RetryInitial and RetryMax bound the backoff after failed publishes.
 	// Default to 100ms and 10s.
@@ -569,13 +570,13 @@ type row struct {
 	value     []byte
 	headers   []byte
 	createdAt time.Time
-	attempts  int
 }
 
 // blockedKey is a key whose oldest row failed for a reason that retrying
-// may not fix. Its later rows wait; the row is retried alone.
+// may not fix. Its later rows wait; the row is retried alone, after wait.
 type blockedKey struct {
 	id      int64
+	wait    time.Duration
 	retryAt time.Time
 }
 
@@ -682,7 +683,7 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ..
 	}
 	var out []row
 	var x row
-	_, err = pgx.ForEachRow(rows, []any{&x.id, &x.messageID, &x.topic, &x.key, &x.value, &x.headers, &x.createdAt, &x.attempts}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&x.id, &x.messageID, &x.topic, &x.key, &x.value, &x.headers, &x.createdAt}, func() error {
 		out = append(out, x)
 		x = row{}
 		return nil
@@ -715,20 +716,35 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 		}
 		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
 	}
-	werr := r.writer.WriteMessages(ctx, msgs...)
-	errs := make([]error, len(rows))
-	var we kafka.WriteErrors
-	switch {
-	case werr == nil:
-	case errors.As(werr, &we) && len(we) == len(rows):
-		copy(errs, we)
-	default:
-		for i := range errs {
-			errs[i] = werr
+	errs := r.write(ctx, msgs)
+	// Settle failures in id order (rows come sorted by id). A row whose key
+	// has an earlier row failing in this write keeps its error without
+	// counting a rejection: it failed for sharing that row's write, and
+	// publishing it now would overtake that row. Kafka rejects a partition's
+	// whole record batch for one record too large, and kafka-go fails a
+	// write's other messages with an unknown topic's error, so a rejected row
+	// that is first of its key is published again alone, once: only the
+	// culprit counts a rejection and blocks its key.
+	behind := make([]bool, len(rows))
+	failedKey := map[string]bool{}
+	for i, x := range rows {
+		k := string(x.key)
+		if errs[i] == nil {
+			continue
 		}
+		if failedKey[k] {
+			behind[i] = true
+			continue
+		}
+		if len(rows) > 1 && permanentReason(errs[i]) != "" {
+			errs[i] = r.write(ctx, msgs[i:i+1])[0]
+		}
+		failedKey[k] = errs[i] != nil
 	}
+
 	var okIDs, failIDs []int64
 	var failTexts []string
+	var rejected []bool
 	now := time.Now()
 	for i, x := range rows {
 		if errs[i] == nil {
@@ -737,6 +753,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 		} else {
 			failIDs = append(failIDs, x.id)
 			failTexts = append(failTexts, errs[i].Error())
+			rejected = append(rejected, !behind[i] && permanentReason(errs[i]) != "")
 		}
 	}
 	if len(okIDs) > 0 {
@@ -760,51 +777,68 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 	if len(failIDs) == 0 {
 		return nil, nil
 	}
-	attempts := map[int64]int{}
-	res, err := conn.Query(ctx, r.ob.sql["record_failure"], failIDs, failTexts)
+	rejections := map[int64]int{}
+	res, err := conn.Query(ctx, r.ob.sql["record_failure"], failIDs, failTexts, rejected)
 	if err != nil {
 		return nil, fmt.Errorf("record failures: %w", err)
 	}
 	var id int64
 	var n int
-	if _, err := pgx.ForEachRow(res, []any{&id, &n}, func() error { attempts[id] = n; return nil }); err != nil {
+	if _, err := pgx.ForEachRow(res, []any{&id, &n}, func() error { rejections[id] = n; return nil }); err != nil {
 		return nil, fmt.Errorf("record failures: %w", err)
 	}
-	order := make([]int, 0, len(failIDs))
-	for i := range rows {
-		if errs[i] != nil {
-			order = append(order, i)
+	for i, x := range rows {
+		e := errs[i]
+		if e == nil || behind[i] {
+			continue // published, or waiting behind its key's failing row
 		}
-	}
-	sort.Slice(order, func(a, b int) bool { return rows[order[a]].id < rows[order[b]].id })
-	for _, i := range order {
-		x, e := rows[i], errs[i]
+		k := string(x.key)
+		b, isHead := blocked[k]
+		isHead = isHead && b.id == x.id
 		reason := permanentReason(e)
 		if reason == "" {
 			r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "transient")))
 			transient = e
+			if isHead { // retried alone: back off like the shard does
+				b.wait = min(r.cfg.RetryMax, 2*b.wait)
+				b.retryAt = time.Now().Add(b.wait)
+			}
 			continue
 		}
 		r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
-		k := string(x.key)
-		if attempts[x.id] >= r.cfg.MaxAttempts {
+		if rejections[x.id] >= r.cfg.MaxAttempts {
 			if _, err := conn.Exec(ctx, r.ob.sql["dead_letter"], x.id, reason, e.Error()); err != nil {
 				return nil, fmt.Errorf("dead-letter row %d: %w", x.id, err)
 			}
 			r.dead.Add(ctx, 1, r.attrs)
-			log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "attempts", attempts[x.id], "err", e)
-			if b, ok := blocked[k]; ok && b.id == x.id {
+			log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections[x.id], "err", e)
+			if isHead {
 				delete(blocked, k)
 			}
 			continue
 		}
-		if b, ok := blocked[k]; !ok || b.id == x.id {
-			wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(attempts[x.id], 20))
-			blocked[k] = &blockedKey{id: x.id, retryAt: time.Now().Add(wait)}
-			log.Warn("outbox row failed; its key waits while it is retried", "id", x.id, "topic", x.topic, "attempt", attempts[x.id], "max_attempts", r.cfg.MaxAttempts, "retry_in", wait, "err", e)
-		}
+		wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections[x.id], 20))
+		blocked[k] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
+		log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections[x.id], "max_attempts", r.cfg.MaxAttempts, "retry_in", wait, "err", e)
 	}
 	return transient, nil
+}
+
+// write publishes msgs in one call and returns each message's error.
+func (r *Relay) write(ctx context.Context, msgs []kafka.Message) []error {
+	errs := make([]error, len(msgs))
+	werr := r.writer.WriteMessages(ctx, msgs...)
+	var we kafka.WriteErrors
+	switch {
+	case werr == nil:
+	case errors.As(werr, &we) && len(we) == len(msgs):
+		copy(errs, we)
+	default:
+		for i := range errs {
+			errs[i] = werr
+		}
+	}
+	return errs
 }
 
 // permanentReason classifies a publish error that retrying will not fix,

@@ -57,8 +57,8 @@ func TestMigrate(t *testing.T) {
 	}
 	var up struct{ Applied []map[string]any }
 	cliJSON(t, &up, "migrate", "up", "-schema", schema)
-	if len(up.Applied) != 4 {
-		t.Fatalf("applied %v, want 4 migrations", up.Applied)
+	if len(up.Applied) != 5 {
+		t.Fatalf("applied %v, want 5 migrations", up.Applied)
 	}
 	cliJSON(t, &up, "migrate", "up", "-schema", schema)
 	if len(up.Applied) != 0 {

@@ -1,0 +1,2 @@
+ALTER TABLE {{.DeadLetters}} DROP COLUMN rejections;
+ALTER TABLE {{.Table}} DROP COLUMN rejections;

@@ -1,0 +1,6 @@
+-- attempts counts every failed publish, outages included; rejections counts
+-- only the failures retrying may not fix (too large, unknown topic). A row
+-- is dead-lettered after RelayConfig.MaxAttempts rejections, so a long Kafka
+-- outage followed by one transient rejection cannot dead-letter it.
+ALTER TABLE {{.Table}} ADD COLUMN rejections integer NOT NULL DEFAULT 0;
+ALTER TABLE {{.DeadLetters}} ADD COLUMN rejections integer NOT NULL DEFAULT 0;
