@@ -53,6 +53,13 @@ type Config struct {
 	// Token finds each message's idempotency token. Defaults to the
 	// Idempotency-Key header (inbox.FromHeader("")), which the outbox sets.
 	Token inbox.TokenSource
+	// AtLeastOnce switches the inbox off: no token is read or claimed, and
+	// a message delivered again (after a crash, a rebalance, a producer
+	// retry) is handled again. Batching, ordering, retries, dead letters
+	// and offset commits after the database commit are unchanged. For
+	// handlers that are idempotent by themselves (upserts keyed by the
+	// message), and to measure what the inbox costs. Defaults to false.
+	AtLeastOnce bool
 	// DeadLetterTable is the dead-letter table, in the inbox's schema.
 	// Defaults to "dead_letters".
 	DeadLetterTable string

@@ -24,7 +24,8 @@ import (
 // Message is a Kafka message handed to a handler, with its token.
 type Message struct {
 	kafka.Message
-	// Token is the message's idempotency token, already claimed.
+	// Token is the message's idempotency token, already claimed (zero with
+	// Config.AtLeastOnce).
 	Token inbox.Token
 	// Attempt counts handler invocations for this message, from 1.
 	Attempt int

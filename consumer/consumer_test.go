@@ -18,7 +18,10 @@ import (
 )
 
 // TestDuplicateSends produces every message two or three times with the same
-// token (a producer retry, a double click): each has one effect.
+// token (a producer retry, a double click): each has one effect. Half the
+// copies follow their original at once (claimed in the same batch), the
+// others are sent again after every original (claimed in later batches,
+// against tokens already committed).
 func TestDuplicateSends(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 4)
@@ -27,10 +30,11 @@ func TestDuplicateSends(t *testing.T) {
 	var all []kafka.Message
 	for i, m := range orig {
 		all = append(all, m)
-		for range 1 + i%2 {
-			all = append(all, m) // sent again, interleaved with later messages
+		if i%2 == 0 {
+			all = append(all, m) // a retry right behind the original
 		}
 	}
+	all = append(all, orig...) // everything sent again, much later
 	kafkatest.Produce(t, b.writer, all...)
 	c, err := consumer.New(b.cfg, insertEffect(b.effects))
 	if err != nil {
@@ -41,6 +45,40 @@ func TestDuplicateSends(t *testing.T) {
 	// Let the duplicates after the last fresh message be consumed too.
 	waitCommitted(t, b, int64(len(all)))
 	checkEffects(t, b, n)
+}
+
+// TestAtLeastOnce: with the inbox switched off every delivery is handled,
+// duplicates and messages without a token included, and nothing is claimed.
+func TestAtLeastOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	const n = 300
+	orig := msgs("alo", n, 10)
+	for i := range orig {
+		if i%3 == 0 {
+			orig[i].Headers = nil // no token: the inbox would dead-letter it
+		}
+	}
+	kafkatest.Produce(t, b.writer, append(orig, orig...)...)
+	cfg := b.cfg
+	cfg.AtLeastOnce = true
+	c, err := consumer.New(cfg, insertEffect(b.effects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	waitCommitted(t, b, 2*n)
+	var effects, claimed int
+	if err := b.pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM "+b.effects+"), (SELECT count(*) FROM "+
+		pgx.Identifier{b.schema, "inbox"}.Sanitize()+")").Scan(&effects, &claimed); err != nil {
+		t.Fatal(err)
+	}
+	if effects != 2*n || claimed != 0 {
+		t.Fatalf("%d effects and %d claimed tokens, want %d effects (every delivery) and none claimed", effects, claimed, 2*n)
+	}
+	if dl := deadLetters(t, b); len(dl) != 0 {
+		t.Fatalf("dead letters %v", dl)
+	}
 }
 
 // waitCommitted waits until the group committed offsets summing to total

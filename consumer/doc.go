@@ -59,6 +59,14 @@
 // HTTP API or sends an e-mail may do so again when its transaction rolls
 // back or the batch is retried; put such effects in the outbox instead.
 //
+// # At least once
+//
+// Config.AtLeastOnce switches the inbox off: no token is read or claimed and
+// every delivery is handled, redeliveries included. Everything else above
+// holds. Use it for handlers that are idempotent by themselves, such as an
+// upsert keyed by the message; the benchmark uses it to measure what the
+// inbox costs.
+//
 // # Dead letters
 //
 // The dead-letter table keeps the whole message (key, value, headers,

@@ -200,6 +200,9 @@ func (p *partition) prepare(m kafka.Message) *item {
 		it.reason, it.err = ReasonOversized, fmt.Errorf("key and value are %d bytes, more than MaxMessageBytes %d", n, cfg.MaxMessageBytes)
 		return it
 	}
+	if cfg.AtLeastOnce {
+		return it
+	}
 	tok, err := cfg.Token.Token(m)
 	switch {
 	case errors.Is(err, inbox.ErrInvalidToken):
@@ -288,7 +291,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 			reqs = append(reqs, it.request())
 		}
 	}
-	claims, err := p.c.inbox.ClaimBatch(ctx, tx, reqs)
+	claims, err := p.claimBatch(ctx, tx, reqs)
 	if err != nil {
 		return t, err
 	}
@@ -371,9 +374,11 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		if err != nil {
 			return 0, t, fmt.Errorf("savepoint: %w", err)
 		}
-		c, err := p.c.inbox.Claim(ctx, sp, it.request())
-		if err != nil {
-			return 0, t, err
+		c := inbox.Claimed{Outcome: inbox.Fresh}
+		if !cfg.AtLeastOnce {
+			if c, err = p.c.inbox.Claim(ctx, sp, it.request()); err != nil {
+				return 0, t, err
+			}
 		}
 		switch c.Outcome {
 		case inbox.Duplicate:
@@ -426,6 +431,19 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		return commit(i, he)
 	}
 	return commit(len(items), nil)
+}
+
+// claimBatch claims the tokens of reqs in the inbox, or, with
+// Config.AtLeastOnce, treats every message as fresh.
+func (p *partition) claimBatch(ctx context.Context, tx pgx.Tx, reqs []inbox.Request) ([]inbox.Claimed, error) {
+	if !p.c.cfg.AtLeastOnce {
+		return p.c.inbox.ClaimBatch(ctx, tx, reqs)
+	}
+	claims := make([]inbox.Claimed, len(reqs))
+	for i := range claims {
+		claims[i].Outcome = inbox.Fresh
+	}
+	return claims, nil
 }
 
 func handlerReason(err error) string {

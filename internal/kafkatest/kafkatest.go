@@ -51,7 +51,7 @@ func Topic(tb testing.TB, partitions int) string {
 func CreateTopic(ctx context.Context, topic string, partitions int) error {
 	conn, err := controller(ctx)
 	if err != nil {
-		return fmt.Errorf("Kafka controller at %v: %w", Brokers(), err)
+		return fmt.Errorf("find the Kafka controller at %v: %w", Brokers(), err)
 	}
 	defer conn.Close()
 	if err := conn.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}); err != nil {

@@ -7,10 +7,8 @@
 // in the value. A handler inserts one effects row per message. Variants:
 //
 //	dedup  (a) consumer.New, per-message handler, with the inbox
-//	plain  (b) the same batching and kafka-go settings, one transaction per
-//	           batch, offsets committed after the DB commit, but no inbox
-//	           claim: at-least-once (implemented here with kafka-go's
-//	           ConsumerGroup exactly like consumer/partition.go)
+//	plain  (b) the same runner with the inbox switched off
+//	           (consumer.Config.AtLeastOnce): at-least-once
 //	naive  (c) one transaction per message: begin, inbox claim, insert,
 //	           commit, commit the offset; on the first -naive messages
 //	replay (d) after (a), a new group whose inbox scope is (a)'s consumes
@@ -23,9 +21,9 @@
 // are checked: none doubled, none lost, per-key order kept. Variants are
 // interleaved, their order rotated each round, and the median of -rounds is
 // reported. A CHECKPOINT precedes every measurement. Each measurement also
-// reports this process's CPU (cores), the machine's busy share and, for plain
-// and naive, where their partition loops spent the time (fetch, database
-// transaction, offset commit). A measurement that fails for an infrastructure
+// reports this process's CPU (cores), the machine's busy share and, for naive,
+// where its partition loop spent the time (fetch, database transaction,
+// offset commit). A measurement that fails for an infrastructure
 // reason (a broker restarted by a test on a shared machine) is discarded and
 // taken again; a failed correctness check never is.
 //
@@ -71,7 +69,7 @@ import (
 const partitions = 4
 
 // Values consumer.Config.withDefaults applies and consumer/partition.go
-// passes to kafka-go; the plain and naive variants use the same.
+// passes to kafka-go; the naive variant uses the same.
 const (
 	sessionTimeout    = consumer.SessionTimeoutDefault
 	heartbeatInterval = consumer.HeartbeatIntervalDefault
@@ -127,10 +125,10 @@ type result struct {
 	goCPU       float64       // CPU seconds of this process per wall second
 	hostBusy    float64       // share of the machine's CPU time busy, 0..1
 	peakRSS     int64         // bytes, VmRSS sampled during the run
-	phases      string        // where the partition loops spent their time (plain, naive)
+	phases      string        // where the partition loop spent its time (naive)
 }
 
-// phases sums the time the partition loops of plain and naive spend per step.
+// phases sums the time the partition loops of naive spend per step.
 type phases struct {
 	fetch, db, offset, batches, msgs atomic.Int64
 }
@@ -525,85 +523,31 @@ func (b *bench) batch(ctx context.Context, bl backlog, round int, profile bool) 
 	return r, b.verify(ctx, schema, effects, bl.ends)
 }
 
-// plain runs (b): the consumer's batching without the inbox.
+// plain runs (b): the same runner with the inbox switched off
+// (consumer.Config.AtLeastOnce). The handler reads the token itself, so the
+// effects rows are the same as (a)'s and are checked the same way.
 func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) (result, error) {
 	group, schema := b.names("plain", round)
 	defer b.dropSchema(schema)
-	effects, err := b.prepareSchema(ctx, schema, nil)
+	cfg := b.consumerConfig(group, bl.topic, schema, group)
+	cfg.AtLeastOnce = true
+	effects, err := b.prepareSchema(ctx, schema, &cfg)
 	if err != nil {
 		return result{}, err
 	}
 	ins := insertSQL(effects)
 	tokens := inbox.FromHeader("")
-	var ph phases
-	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
-		// Offsets are committed in the background, after the database
-		// commit, as the consumer package does.
-		var latest atomic.Int64
-		wake := make(chan struct{}, 1)
-		committed := make(chan error, 1)
-		stopCommits, cancelCommits := context.WithCancel(fetchCtx)
-		go func() {
-			var last int64
-			for {
-				select {
-				case <-wake:
-				case <-stopCommits.Done():
-				}
-				if next := latest.Load(); next > last {
-					if err := gen.CommitOffsets(map[string]map[int]int64{topic: {id: next}}); err != nil {
-						committed <- fmt.Errorf("commit offsets: %w", err)
-						return
-					}
-					last = next
-				}
-				if stopCommits.Err() != nil {
-					committed <- nil
-					return
-				}
-			}
-		}()
-		defer func() {
-			cancelCommits()
-			<-committed
-		}()
-		for {
-			t0 := time.Now()
-			msgs, toks := fetchBatch(fetchCtx, r, tokens)
-			if len(msgs) == 0 {
-				return nil // fetchCtx ended
-			}
-			t1 := time.Now()
-			tx, err := b.pool.Begin(procCtx)
-			if err != nil {
-				return fmt.Errorf("begin: %w", err)
-			}
-			for i, m := range msgs {
-				if err := insertEffect(procCtx, tx, ins, toks[i], m); err != nil {
-					_ = tx.Rollback(procCtx)
-					return err
-				}
-			}
-			if err := tx.Commit(procCtx); err != nil {
-				return fmt.Errorf("commit: %w", err)
-			}
-			t2 := time.Now()
-			latest.Store(msgs[len(msgs)-1].Offset + 1)
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-			ph.fetch.Add(int64(t1.Sub(t0)))
-			ph.db.Add(int64(t2.Sub(t1)))
-			ph.offset.Add(int64(time.Since(t2)))
-			ph.batches.Add(1)
-			ph.msgs.Add(int64(len(msgs)))
+	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		tok, err := tokens.Token(m.Message)
+		if err != nil {
+			return consumer.Permanent(err)
 		}
+		return insertEffect(ctx, tx, ins, tok, m.Message)
+	}))
+	if err != nil {
+		return result{}, err
 	}
-	r, err := b.measure(ctx, group, bl.topic, bl.ends, profile, func(ctx context.Context) error {
-		return b.runGroup(ctx, group, bl.topic, part)
-	})
-	r.phases = ph.String()
+	r, err := b.measure(ctx, group, bl.topic, bl.ends, profile, c.Run)
 	if err != nil {
 		return r, err
 	}
@@ -766,48 +710,6 @@ func (b *bench) runGroup(ctx context.Context, group, topic string, part partitio
 		return err
 	}
 	return nil
-}
-
-// fetchBatch is consumer/partition.go's fetch: block for one message, then
-// collect more for up to BatchWait, up to BatchSize. Tokens are found as the
-// consumer's prepare finds them (without the fingerprint, which only the
-// claim uses).
-func fetchBatch(ctx context.Context, r *kafka.Reader, src inbox.TokenSource) ([]kafka.Message, []inbox.Token) {
-	var first kafka.Message
-	for {
-		m, err := r.FetchMessage(ctx)
-		if err == nil {
-			first = m
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-time.After(retryInitial):
-		}
-	}
-	msgs := []kafka.Message{first}
-	wctx, cancel := context.WithTimeout(ctx, *batchWait)
-	defer cancel()
-	for len(msgs) < *batchSize {
-		m, err := r.FetchMessage(wctx)
-		if err != nil {
-			break
-		}
-		msgs = append(msgs, m)
-	}
-	toks := make([]inbox.Token, len(msgs))
-	for i, m := range msgs {
-		t, err := src.Token(m)
-		if err != nil {
-			log.Printf("offset %d: %v", m.Offset, err) // the backlog always has tokens
-		}
-		toks[i] = t
-	}
-	return msgs, toks
 }
 
 // ---- measuring ----

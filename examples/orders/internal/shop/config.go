@@ -180,7 +180,7 @@ func Connect(ctx context.Context, url, app string, maxConns int32) (*pgxpool.Poo
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("Postgres at %s:%d is unreachable (run `make services`): %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
+		return nil, fmt.Errorf("cannot reach Postgres at %s:%d (run `make services`): %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
 	}
 	return pool, nil
 }
