@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/consumer"
@@ -414,6 +415,16 @@ func TestRunFailsFast(t *testing.T) {
 	notMigrated.Inbox.Schema = "never_migrated_" + pgtest.RandomSuffix()
 	if err := run(notMigrated); err == nil || !strings.Contains(err.Error(), "must exist") {
 		t.Errorf("not migrated: got %v", err)
+	}
+	noPostgres := b.cfg
+	pool, err := pgxpool.New(context.Background(), "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	noPostgres.Pool = pool
+	if err := run(noPostgres); err == nil || !strings.Contains(err.Error(), "Postgres unreachable") {
+		t.Errorf("unreachable Postgres: got %v", err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -375,6 +376,31 @@ func TestUnsafeWriterRefused(t *testing.T) {
 	}
 	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "no Kafka broker answers") {
 		t.Errorf("Run without Kafka: %v", err)
+	}
+	noPostgres, err := pgxpool.New(context.Background(), "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer noPostgres.Close()
+	r, err = outbox.NewRelay(noPostgres, b.relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "Postgres unreachable") {
+		t.Errorf("Run without Postgres: %v", err)
+	}
+	// A table from before migration 002: refused before it could fail on
+	// the first rejected row.
+	old := pgx.Identifier{b.schema, "outbox"}.Sanitize()
+	if _, err := b.pool.Exec(context.Background(), "ALTER TABLE "+old+" DROP COLUMN rejections"); err != nil {
+		t.Fatal(err)
+	}
+	r, err = outbox.NewRelay(b.pool, b.relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "predates migration 002") {
+		t.Errorf("Run on a table of migration 001: %v", err)
 	}
 }
 

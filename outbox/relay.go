@@ -359,13 +359,18 @@ func (r *Relay) preflight(ctx context.Context) error {
 	if err := r.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("outbox: Postgres unreachable: %w", err)
 	}
+	// The table, and the column of the newest migration (teams applying
+	// `exactly migrate sql` with their own tool have no tracking rows).
 	table := pgx.Identifier{r.cfg.Outbox.Schema, r.cfg.Outbox.Table}.Sanitize()
-	var exists bool
-	if err := r.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+	var exists, current bool
+	if err := r.pool.QueryRow(ctx, r.ob.sql["check_table"], table).Scan(&exists, &current); err != nil {
 		return fmt.Errorf("outbox: check table: %w", err)
 	}
 	if !exists {
 		return fmt.Errorf("outbox: table %s does not exist; run outbox.Migrate or `exactly migrate up`", table)
+	}
+	if !current {
+		return fmt.Errorf("outbox: table %s predates migration 002 (no rejections column); run outbox.Migrate or `exactly migrate up`", table)
 	}
 	// Probe with the writer's own TLS and SASL settings.
 	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
