@@ -413,15 +413,17 @@ type deadLetter struct {
 	Time       *time.Time        `json:"message_time,omitempty"`
 }
 
+// filters select dead letters: of the consumers by -scope (match is the
+// scope), of the outbox by -topic (match is the topic).
 type filters struct {
-	scope, reason, since, until *string
+	match, reason, since, until *string
 	limit                       *int
 	all                         *bool
 }
 
 func addFilters(fs *flag.FlagSet) filters {
 	return filters{
-		scope:  fs.String("scope", "", "only this scope (consumer group)"),
+		match:  fs.String("scope", "", "only this scope (consumer group)"),
 		reason: fs.String("reason", "", "only this reason (no_token, token_conflict, handler_error, …)"),
 		since:  fs.String("since", "", "only dead letters created since (RFC 3339 time, or an age like 24h or 7d)"),
 		until:  fs.String("until", "", "only dead letters created before (RFC 3339 time, or an age)"),
@@ -430,7 +432,12 @@ func addFilters(fs *flag.FlagSet) filters {
 	}
 }
 
-func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]deadLetter, error) {
+func (f filters) any() bool {
+	return *f.match != "" || *f.reason != "" || *f.since != "" || *f.until != ""
+}
+
+// args are the query arguments $1..$7 of the list queries.
+func (f filters) args(ids []int64) ([]any, error) {
 	since, err := parseTime(*f.since)
 	if err != nil {
 		return nil, usageError{"-since: " + err.Error()}
@@ -442,7 +449,28 @@ func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]de
 	if ids == nil {
 		ids = []int64{}
 	}
-	rows, err := e.pool.Query(ctx, e.sql["dead_letters_list"], optional(*f.scope), optional(*f.reason), since, until, *f.all, ids, *f.limit)
+	return []any{optional(*f.match), optional(*f.reason), since, until, *f.all, ids, *f.limit}, nil
+}
+
+// parseIDs reads the positional arguments as dead-letter IDs.
+func parseIDs(args []string) ([]int64, error) {
+	var ids []int64
+	for _, a := range args {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil {
+			return nil, usageError{fmt.Sprintf("ID %q is not a number", a)}
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]deadLetter, error) {
+	args, err := f.args(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := e.pool.Query(ctx, e.sql["dead_letters_list"], args...)
 	if err != nil {
 		return nil, err
 	}
@@ -545,15 +573,11 @@ func dlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, 
 	f := addFilters(fs)
 	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
-		var ids []int64
-		for _, a := range e.args {
-			id, err := strconv.ParseInt(a, 10, 64)
-			if err != nil {
-				return usageError{fmt.Sprintf("ID %q is not a number", a)}
-			}
-			ids = append(ids, id)
+		ids, err := parseIDs(e.args)
+		if err != nil {
+			return err
 		}
-		if len(ids) == 0 && *f.scope == "" && *f.reason == "" && *f.since == "" && *f.until == "" {
+		if len(ids) == 0 && !f.any() {
 			return usageError{"name dead letters by ID or filter (-scope, -reason, -since, -until)"}
 		}
 		*f.all = false
@@ -572,36 +596,49 @@ func dlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, 
 		if err != nil {
 			return err
 		}
-		var done []int64
-		for _, d := range dls {
-			if *dryRun {
-				done = append(done, d.ID)
-				continue
-			}
-			ok, err := e.resolve(ctx, ob, d.ID, resolution)
-			if err != nil {
-				return fmt.Errorf("dead letter %d: %w (%d resolved before it)", d.ID, err, len(done))
-			}
-			if ok {
-				done = append(done, d.ID)
-			}
+		selected := make([]int64, len(dls))
+		for i, d := range dls {
+			selected[i] = d.ID
 		}
-		if e.json {
-			if done == nil {
-				done = []int64{}
-			}
-			return e.printJSON(map[string]any{resolution: done, "dry_run": *dryRun})
-		}
-		verb := resolution
-		if *dryRun {
-			verb = "would be " + resolution
-		}
-		fmt.Fprintf(e.stdout, "%d dead letters %s: %v\n", len(done), verb, done)
-		if len(ids) > 0 && len(done) < len(ids) {
-			return fmt.Errorf("%d of the named dead letters were not found unresolved: %w", len(ids)-len(done), errNotFound)
-		}
-		return nil
+		return e.resolveEach(selected, ids, resolution, *dryRun, func(id int64) (bool, error) {
+			return e.resolve(ctx, ob, id, resolution)
+		})
 	}
+}
+
+// resolveEach resolves the selected dead letters one at a time (none with
+// dryRun) and reports what it did; named are the IDs given on the command
+// line, each of which must have been found.
+func (e *env) resolveEach(selected, named []int64, resolution string, dryRun bool, resolve func(id int64) (bool, error)) error {
+	var done []int64
+	for _, id := range selected {
+		if dryRun {
+			done = append(done, id)
+			continue
+		}
+		ok, err := resolve(id)
+		if err != nil {
+			return fmt.Errorf("dead letter %d: %w (%d resolved before it)", id, err, len(done))
+		}
+		if ok {
+			done = append(done, id)
+		}
+	}
+	if e.json {
+		if done == nil {
+			done = []int64{}
+		}
+		return e.printJSON(map[string]any{resolution: done, "dry_run": dryRun})
+	}
+	verb := resolution
+	if dryRun {
+		verb = "would be " + resolution
+	}
+	fmt.Fprintf(e.stdout, "%d dead letters %s: %v\n", len(done), verb, done)
+	if len(named) > 0 && len(done) < len(named) {
+		return fmt.Errorf("%d of the named dead letters were not found unresolved: %w", len(named)-len(done), errNotFound)
+	}
+	return nil
 }
 
 func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {

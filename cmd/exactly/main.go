@@ -4,6 +4,7 @@
 //	exactly migrate up|down|status|sql
 //	exactly status [-brokers host:port] [-group G]...
 //	exactly dead-letters list|show|replay|discard
+//	exactly outbox-dead-letters list|show|replay|discard
 //	exactly prune -older-than 30d [-scope S] [-dry-run]
 //
 // Every command takes -dsn (default $DATABASE_URL), -schema and the table
@@ -58,6 +59,9 @@ Usage:
   exactly dead-letters show [flags] ID         one dead letter with its message
   exactly dead-letters replay [flags] [ID...]  re-publish through the outbox (effectively once)
   exactly dead-letters discard [flags] [ID...] mark as discarded
+  exactly outbox-dead-letters list|show|replay|discard [flags] [ID...]
+                                               the same for messages Kafka rejected from the outbox
+                                               (replay re-enqueues them with their message ids)
   exactly prune -older-than AGE [flags]        delete inbox tokens older than AGE (e.g. 30d)
 
 Run "exactly COMMAND -h" for the flags of a command. Exit status: 0 success,
@@ -108,7 +112,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cmd, rest := args[0], args[1:]
 	sub := ""
-	if cmd == "migrate" || cmd == "dead-letters" {
+	if cmd == "migrate" || cmd == "dead-letters" || cmd == "outbox-dead-letters" {
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			return usageError{cmd + " needs a subcommand"}
 		}
@@ -138,6 +142,14 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		handler = dlResolve(fs, "replayed")
 	case "dead-letters discard":
 		handler = dlResolve(fs, "discarded")
+	case "outbox-dead-letters list":
+		handler = obdlList(fs)
+	case "outbox-dead-letters show":
+		handler = obdlShow
+	case "outbox-dead-letters replay":
+		handler = obdlResolve(fs, "replayed")
+	case "outbox-dead-letters discard":
+		handler = obdlResolve(fs, "discarded")
 	case "prune ":
 		handler = pruneCmd(fs)
 	case "help ", "-h ", "--help ":
@@ -160,7 +172,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		e.args = append(e.args, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	if len(e.args) > 0 && cmd != "dead-letters" {
+	if len(e.args) > 0 && cmd != "dead-letters" && cmd != "outbox-dead-letters" {
 		return usageError{fmt.Sprintf("unexpected argument %q", e.args[0])}
 	}
 	if err := e.validate(); err != nil {

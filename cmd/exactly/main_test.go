@@ -198,14 +198,32 @@ func TestDeadLetterReplayOnce(t *testing.T) {
 	if code, _, _ := cli(t, "dead-letters", "show", "-schema", b.schema, "999999"); code != exitNotFound {
 		t.Fatalf("show of a missing ID: exit %d", code)
 	}
+	for _, f := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-scope", b.cfg.GroupID}, 2}, {[]string{"-scope", "another-group"}, 0},
+		{[]string{"-since", "1h"}, 2}, {[]string{"-since", time.Now().Add(time.Minute).Format(time.RFC3339)}, 0},
+		{[]string{"-until", "1h"}, 0}, {[]string{"-until", time.Now().Add(time.Minute).Format(time.RFC3339)}, 2},
+		{[]string{"-limit", "1"}, 1},
+	} {
+		var got []deadLetter
+		cliJSON(t, &got, append([]string{"dead-letters", "list", "-schema", b.schema}, f.args...)...)
+		if len(got) != f.want {
+			t.Errorf("list %v: %d dead letters, want %d", f.args, len(got), f.want)
+		}
+	}
 
-	// Discard order-7; replay order-3 twice.
+	// Discard order-7; replay order-3 from two terminals at once, then once
+	// more.
 	var res map[string]any
 	cliJSON(t, &res, "dead-letters", "discard", "-schema", b.schema, strconv.FormatInt(list[1].ID, 10))
 	id := strconv.FormatInt(list[0].ID, 10)
-	cliJSON(t, &res, "dead-letters", "replay", "-schema", b.schema, id)
+	if codes := concurrently(t, 2, "dead-letters", "replay", "-schema", b.schema, id); codes[0]+codes[exitNotFound] != 2 || codes[0] < 1 {
+		t.Fatalf("two concurrent replays exited %v, want one success and otherwise not found", codes)
+	}
 	if code, _, _ := cli(t, "dead-letters", "replay", "-schema", b.schema, id); code != exitNotFound {
-		t.Fatalf("second replay: exit %d, want %d (already resolved)", code, exitNotFound)
+		t.Fatalf("another replay: exit %d, want %d (already resolved)", code, exitNotFound)
 	}
 	var outboxRows int
 	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()).Scan(&outboxRows); err != nil || outboxRows != 1 {
@@ -241,6 +259,146 @@ func TestDeadLetterReplayOnce(t *testing.T) {
 	if n := b.effectCount(t, "order-7"); n != 0 {
 		t.Fatalf("discarded order-7 applied %d times", n)
 	}
+}
+
+// concurrently runs the command n times at once and counts exit statuses.
+func concurrently(t *testing.T, n int, args ...string) map[int]int {
+	t.Helper()
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			var out, errOut bytes.Buffer
+			codes <- run(context.Background(), append(args, "-dsn", pgtest.DSN()), &out, &errOut)
+		}()
+	}
+	got := map[int]int{}
+	for range n {
+		got[<-codes]++
+	}
+	return got
+}
+
+// TestOutboxDeadLetters: a committed message Kafka rejects (its topic does
+// not exist) is dead-lettered by the relay; once the topic exists, replaying
+// it (from two terminals at once) publishes it once, with its original
+// message id; a discarded one is never published.
+func TestOutboxDeadLetters(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	schema := pgtest.Schema(t, pool)
+	if code, _, errOut := cli(t, "migrate", "up", "-schema", schema); code != 0 {
+		t.Fatal(errOut)
+	}
+	ob, err := outbox.New(outbox.Config{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := "created-later-" + schema
+	ids, err := ob.Enqueue(context.Background(), pool,
+		outbox.Message{Topic: missing, Key: []byte("order-1"), Value: []byte("replay me"), Headers: []kafka.Header{{Key: "trace", Value: []byte("t1")}}},
+		outbox.Message{Topic: missing, Key: []byte("order-2"), Value: []byte("discard me")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayCfg := outbox.RelayConfig{Outbox: outbox.Config{Schema: schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond,
+		MaxAttempts: 1, RetryInitial: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}
+	stop := runRelay(t, pool, relayCfg)
+	var list []outboxDeadLetter
+	for deadline := time.Now().Add(60 * time.Second); len(list) < 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox dead letters: %+v, want 2", list)
+		}
+		cliJSON(t, &list, "outbox-dead-letters", "list", "-schema", schema, "-topic", missing)
+	}
+	stop()
+	if list[0].Reason != outbox.ReasonUnknownTopic || list[0].MessageID != ids[0] || list[0].Rejections != 1 || string(list[0].Key) != "order-1" {
+		t.Fatalf("dead letter %+v, want order-1, unknown_topic, message id %s, 1 rejection", list[0], ids[0])
+	}
+	var shown outboxDeadLetter
+	cliJSON(t, &shown, "outbox-dead-letters", "show", "-schema", schema, strconv.FormatInt(list[0].ID, 10))
+	if string(shown.Value) != "replay me" || shown.Headers["trace"] != "t1" {
+		t.Fatalf("show: %+v", shown)
+	}
+	for _, f := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-topic", "other"}, 0}, {[]string{"-reason", outbox.ReasonTooLarge}, 0}, {[]string{"-since", "1h"}, 2}, {[]string{"-until", "1h"}, 0},
+	} {
+		var got []outboxDeadLetter
+		cliJSON(t, &got, append([]string{"outbox-dead-letters", "list", "-schema", schema}, f.args...)...)
+		if len(got) != f.want {
+			t.Errorf("list %v: %d, want %d", f.args, len(got), f.want)
+		}
+	}
+	var st status
+	cliJSON(t, &st, "status", "-schema", schema)
+	if len(st.OutboxDeadLetters) != 1 || st.OutboxDeadLetters[0].Count != 2 {
+		t.Errorf("status counts outbox dead letters %+v, want 2 unknown_topic", st.OutboxDeadLetters)
+	}
+
+	if err := kafkatest.CreateTopic(context.Background(), missing, 1); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kafkatest.DeleteTopic(context.Background(), missing) })
+	var res map[string]any
+	cliJSON(t, &res, "outbox-dead-letters", "discard", "-schema", schema, strconv.FormatInt(list[1].ID, 10))
+	if codes := concurrently(t, 2, "outbox-dead-letters", "replay", "-schema", schema, "-reason", outbox.ReasonUnknownTopic); codes[0] != 2 {
+		t.Fatalf("two concurrent replays by filter exited %v, want both 0", codes)
+	}
+	if code, _, _ := cli(t, "outbox-dead-letters", "replay", "-schema", schema, strconv.FormatInt(list[0].ID, 10)); code != exitNotFound {
+		t.Fatalf("replay of a replayed dead letter: exit %d, want %d", code, exitNotFound)
+	}
+	cliJSON(t, &list, "outbox-dead-letters", "list", "-schema", schema, "-all")
+	if len(list) != 2 || list[0].Resolution != "replayed" || list[1].Resolution != "discarded" {
+		t.Fatalf("resolved: %+v", list)
+	}
+	cliJSON(t, &st, "status", "-schema", schema)
+	if len(st.OutboxDeadLetters) != 0 {
+		t.Errorf("status after resolving: %+v", st.OutboxDeadLetters)
+	}
+
+	var queued []string
+	rows, err := pool.Query(context.Background(), "SELECT message_id::text FROM "+pgx.Identifier{schema, "outbox"}.Sanitize())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if queued, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(queued) != 1 || queued[0] != ids[0] {
+		t.Fatalf("outbox holds %v after the replays, want only %s", queued, ids[0])
+	}
+	runRelay(t, pool, relayCfg)
+	got := kafkatest.ReadAll(t, missing, 1, 1, 60*time.Second)
+	if string(got[0].Value) != "replay me" || kafkatest.Header(got[0], outbox.HeaderMessageID) != ids[0] || kafkatest.Header(got[0], "trace") != "t1" {
+		t.Fatalf("published %q with id %q, want the replay with id %s", got[0].Value, kafkatest.Header(got[0], outbox.HeaderMessageID), ids[0])
+	}
+}
+
+// runRelay runs a relay until the test ends or stop is called.
+func runRelay(t *testing.T, pool *pgxpool.Pool, cfg outbox.RelayConfig) (stop func()) {
+	t.Helper()
+	r, err := outbox.NewRelay(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once bool
+	stop = func() {
+		if once {
+			return
+		}
+		once = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func TestStatusAndPrune(t *testing.T) {

@@ -1,1 +1,1 @@
-SELECT reason, count(*) FROM {{.OutboxDeadLetters}} GROUP BY reason ORDER BY reason
+SELECT reason, count(*) FROM {{.OutboxDeadLetters}} WHERE resolved_at IS NULL GROUP BY reason ORDER BY reason

@@ -4,3 +4,10 @@
 -- outage followed by one transient rejection cannot dead-letter it.
 ALTER TABLE {{.Table}} ADD COLUMN rejections integer NOT NULL DEFAULT 0;
 ALTER TABLE {{.DeadLetters}} ADD COLUMN rejections integer NOT NULL DEFAULT 0;
+
+-- Dead letters are resolved by an operator (`exactly outbox-dead-letters
+-- replay` moves the message back into the outbox; discard does not) rather
+-- than deleted, so what happened to each stays visible.
+ALTER TABLE {{.DeadLetters}}
+	ADD COLUMN resolved_at timestamptz,
+	ADD COLUMN resolution text CHECK (resolution IN ('replayed', 'discarded'));

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/outbox"
+)
+
+// ---- outbox dead letters: committed messages Kafka rejected
+
+type outboxDeadLetter struct {
+	ID         int64             `json:"id"`
+	MessageID  string            `json:"message_id"`
+	Topic      string            `json:"topic"`
+	Key        []byte            `json:"key,omitempty"`
+	Reason     string            `json:"reason"`
+	Error      string            `json:"error"`
+	Rejections int               `json:"rejections"`
+	Attempts   int               `json:"attempts"`
+	CreatedAt  time.Time         `json:"created_at"`
+	DeadAt     time.Time         `json:"dead_at"`
+	ResolvedAt *time.Time        `json:"resolved_at,omitempty"`
+	Resolution string            `json:"resolution,omitempty"`
+	Value      []byte            `json:"value,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+}
+
+// storedHeader is a header as the outbox stores it (a JSON array of these).
+type storedHeader struct {
+	Key   string `json:"key"`
+	Value []byte `json:"value"`
+}
+
+func addOutboxFilters(fs *flag.FlagSet) filters {
+	return filters{
+		match:  fs.String("topic", "", "only messages for this topic"),
+		reason: fs.String("reason", "", "only this reason (too_large, unknown_topic, rejected)"),
+		since:  fs.String("since", "", "only rows dead-lettered since (RFC 3339 time, or an age like 24h or 7d)"),
+		until:  fs.String("until", "", "only rows dead-lettered before (RFC 3339 time, or an age)"),
+		limit:  fs.Int("limit", 100, "at most this many"),
+		all:    fs.Bool("all", false, "include resolved (replayed or discarded) dead letters"),
+	}
+}
+
+func (e *env) listOutboxDeadLetters(ctx context.Context, f filters, ids []int64) ([]outboxDeadLetter, error) {
+	args, err := f.args(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := e.pool.Query(ctx, e.sql["outbox_dead_letters_list"], args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []outboxDeadLetter
+	var d outboxDeadLetter
+	var headers []byte
+	_, err = pgx.ForEachRow(rows, []any{&d.ID, &d.MessageID, &d.Topic, &d.Key, &d.Reason, &d.Error, &d.Rejections, &d.Attempts,
+		&d.CreatedAt, &d.DeadAt, &d.ResolvedAt, &d.Resolution, &d.Value, &headers}, func() error {
+		var hs []storedHeader
+		if err := json.Unmarshal(headers, &hs); err != nil {
+			return fmt.Errorf("outbox dead letter %d: headers: %w", d.ID, err)
+		}
+		d.Headers = map[string]string{}
+		for _, h := range hs {
+			d.Headers[h.Key] = string(h.Value)
+		}
+		out = append(out, d)
+		d = outboxDeadLetter{}
+		return nil
+	})
+	return out, err
+}
+
+func obdlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+	f := addOutboxFilters(fs)
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.outboxTable+"_dead_letters"); err != nil {
+			return err
+		}
+		dls, err := e.listOutboxDeadLetters(ctx, f, nil)
+		if err != nil {
+			return err
+		}
+		if e.json {
+			if dls == nil {
+				dls = []outboxDeadLetter{}
+			}
+			for i := range dls { // list shows no payloads; show does
+				dls[i].Value, dls[i].Headers = nil, nil
+			}
+			return e.printJSON(dls)
+		}
+		var rows [][]string
+		for _, d := range dls {
+			errText := d.Error
+			if len(errText) > 60 {
+				errText = errText[:57] + "..."
+			}
+			rows = append(rows, []string{strconv.FormatInt(d.ID, 10), d.Topic, strconv.Quote(string(d.Key)), d.Reason,
+				strconv.Itoa(d.Rejections), strconv.Itoa(len(d.Value)), d.DeadAt.UTC().Format(time.RFC3339), d.Resolution, errText})
+		}
+		e.table("ID\tTOPIC\tKEY\tREASON\tREJECTIONS\tBYTES\tDEAD\tRESOLVED\tERROR", rows)
+		return nil
+	}
+}
+
+func obdlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	ids, err := parseIDs(e.args)
+	if err != nil {
+		return err
+	}
+	if len(ids) != 1 {
+		return usageError{"outbox-dead-letters show needs one ID"}
+	}
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	if err := e.require(ctx, e.outboxTable+"_dead_letters"); err != nil {
+		return err
+	}
+	all := true
+	limit := 1
+	empty := ""
+	dls, err := e.listOutboxDeadLetters(ctx, filters{match: &empty, reason: &empty, since: &empty, until: &empty, limit: &limit, all: &all}, ids)
+	if err != nil {
+		return err
+	}
+	if len(dls) == 0 {
+		return fmt.Errorf("outbox dead letter %d: %w", ids[0], errNotFound)
+	}
+	d := dls[0]
+	if e.json {
+		return e.printJSON(d)
+	}
+	fmt.Fprintf(e.stdout, "id:         %d\nmessage id: %s\ntopic:      %s\nreason:     %s\nrejections: %d (%d failed attempts)\nerror:      %s\ncreated:    %s\ndead:       %s\n",
+		d.ID, d.MessageID, d.Topic, d.Reason, d.Rejections, d.Attempts, d.Error, d.CreatedAt.UTC().Format(time.RFC3339), d.DeadAt.UTC().Format(time.RFC3339))
+	if d.ResolvedAt != nil {
+		fmt.Fprintf(e.stdout, "resolved:   %s at %s\n", d.Resolution, d.ResolvedAt.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(e.stdout, "key:        %q\n", d.Key)
+	for _, k := range slices.Sorted(maps.Keys(d.Headers)) {
+		fmt.Fprintf(e.stdout, "header:     %s: %q\n", k, d.Headers[k])
+	}
+	fmt.Fprintf(e.stdout, "value:      %d bytes\n", len(d.Value))
+	return nil
+}
+
+// obdlResolve replays or discards outbox dead letters, each in a transaction
+// of its own. A replay enqueues the message again with its original message
+// id, so a consumer that did receive an earlier attempt skips it, in the
+// transaction that marks the dead letter resolved: running it twice, or from
+// two terminals, enqueues it once. Its shard is computed with -shards, which
+// must match the writers' outbox.Config.Shards.
+func obdlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, *flag.FlagSet) error {
+	f := addOutboxFilters(fs)
+	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
+	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		ids, err := parseIDs(e.args)
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 && !f.any() {
+			return usageError{"name outbox dead letters by ID or filter (-topic, -reason, -since, -until)"}
+		}
+		*f.all = false
+		if err := e.connect(ctx); err != nil {
+			return err
+		}
+		defer e.close()
+		if err := e.require(ctx, e.outboxTable, e.outboxTable+"_dead_letters"); err != nil {
+			return err
+		}
+		dls, err := e.listOutboxDeadLetters(ctx, f, ids)
+		if err != nil {
+			return err
+		}
+		ob, err := outbox.New(e.outboxConfig())
+		if err != nil {
+			return err
+		}
+		selected := make([]int64, len(dls))
+		for i, d := range dls {
+			selected[i] = d.ID
+		}
+		return e.resolveEach(selected, ids, resolution, *dryRun, func(id int64) (bool, error) {
+			return e.resolveOutbox(ctx, ob, id, resolution)
+		})
+	}
+}
+
+func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
+	found := false
+	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		var m outbox.Message
+		var headers []byte
+		err := tx.QueryRow(ctx, e.sql["outbox_dead_letters_lock"], id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // resolved meanwhile, or locked by another operator
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		if resolution == "replayed" {
+			var hs []storedHeader
+			if err := json.Unmarshal(headers, &hs); err != nil {
+				return fmt.Errorf("headers: %w", err)
+			}
+			for _, h := range hs {
+				m.Headers = append(m.Headers, kafka.Header{Key: h.Key, Value: h.Value})
+				if h.Key == outbox.HeaderMessageID {
+					m.ID = "" // the application's own token travels in its header
+				}
+			}
+			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, e.sql["outbox_dead_letters_resolve"], id, resolution)
+		return err
+	})
+	return found, err
+}

@@ -1,0 +1,1 @@
+UPDATE {{.OutboxDeadLetters}} SET resolved_at = now(), resolution = $2 WHERE id = $1

@@ -1,2 +1,0 @@
-ALTER TABLE {{.DeadLetters}} DROP COLUMN rejections;
-ALTER TABLE {{.Table}} DROP COLUMN rejections;
