@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/testhook"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -214,6 +215,30 @@ func TestListenConnectionKilled(t *testing.T) {
 	got := kafkatest.ReadAll(t, b.topic, 1, 2, 30*time.Second)
 	if string(got[1].Value) != "after" {
 		t.Fatalf("got %q", got[1].Value)
+	}
+}
+
+// TestPollingWithoutListen: while the relay cannot LISTEN (its connection
+// is held back at a test hook), polling alone publishes. Not parallel: the
+// hook is process-wide, and sequential tests run before the parallel ones.
+func TestPollingWithoutListen(t *testing.T) {
+	b := setup(t, 1)
+	release := make(chan struct{})
+	testhook.Set("outbox.before-listen", func() { <-release })
+	t.Cleanup(func() { testhook.Set("outbox.before-listen", nil) })
+	cfg := b.relay
+	cfg.PollInterval = 300 * time.Millisecond
+	stop := startRelay(t, b.pool, cfg)
+	t.Cleanup(func() { close(release); stop() }) // the hook must let go before the relay can stop
+	enqueue(t, b, outbox.Message{Topic: b.topic, Value: []byte("polled")})
+	got := kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
+	var listening int
+	if err := b.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE query = $1`,
+		"LISTEN "+pgx.Identifier{b.ob.Config().Channel()}.Sanitize()).Scan(&listening); err != nil {
+		t.Fatal(err)
+	}
+	if string(got[0].Value) != "polled" || listening != 0 {
+		t.Fatalf("published %q with %d LISTEN connections, want %q published by polling alone", got[0].Value, listening, "polled")
 	}
 }
 

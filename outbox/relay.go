@@ -425,6 +425,7 @@ func (r *Relay) listen(ctx context.Context, wakes []chan struct{}) {
 }
 
 func (r *Relay) listenOnce(ctx context.Context, wakeAll func(), bo backoff.BackOff) error {
+	testhook.Run("outbox.before-listen")
 	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return err
@@ -435,7 +436,6 @@ func (r *Relay) listenOnce(ctx context.Context, wakeAll func(), bo backoff.BackO
 	}
 	bo.Reset()
 	wakeAll()
-	testhook.Run("outbox.listening")
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return err
