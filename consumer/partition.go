@@ -114,11 +114,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 	}
 	p.log.Debug("partition assigned", "offset", p.start)
 
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = cfg.RetryInitial
-	bo.MaxInterval = cfg.RetryMax
-	bo.MaxElapsedTime = 0 // never give up: outages are waited out, not skipped
-	bo.Reset()
+	bo := p.newBackoff()
 
 	var pending []*item
 	for {
@@ -160,11 +156,24 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 	}
 }
 
+// newBackoff is the retry policy of batches and fetches: exponential from
+// RetryInitial to RetryMax, never giving up (outages are waited out, not
+// skipped).
+func (p *partition) newBackoff() *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = p.c.cfg.RetryInitial
+	bo.MaxInterval = p.c.cfg.RetryMax
+	bo.MaxElapsedTime = 0
+	bo.Reset()
+	return bo
+}
+
 // fetch blocks for one message, then collects more for up to BatchWait, up
 // to BatchSize. It returns nil when ctx ends.
 func (p *partition) fetch(ctx context.Context, r *kafka.Reader) []*item {
 	cfg := &p.c.cfg
 	var first kafka.Message
+	var bo *backoff.ExponentialBackOff
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err == nil {
@@ -174,8 +183,12 @@ func (p *partition) fetch(ctx context.Context, r *kafka.Reader) []*item {
 		if ctx.Err() != nil {
 			return nil
 		}
-		p.log.Warn("fetch failed; retrying", "err", err)
-		if !waitBackoff(ctx, cfg.RetryInitial) {
+		if bo == nil {
+			bo = p.newBackoff()
+		}
+		wait := bo.NextBackOff()
+		p.log.Warn("fetch failed; retrying", "backoff", wait, "err", err)
+		if !waitBackoff(ctx, wait) {
 			return nil
 		}
 	}
