@@ -206,6 +206,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.preflight(ctx); err != nil {
 		return err
 	}
+	if !c.cfg.AtLeastOnce {
+		reg, err := c.metrics.observeInbox(c.inbox, c.cfg.GroupID)
+		if err != nil {
+			return fmt.Errorf("consumer: metrics: %w", err)
+		}
+		defer reg.Unregister() //nolint:errcheck // only fails for a foreign registration
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                c.cfg.GroupID,
 		Brokers:           c.cfg.Brokers,

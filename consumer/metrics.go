@@ -4,21 +4,27 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/exactlyhq/exactly/inbox"
 )
 
 // Metric names. All carry the attribute "group"; messages carries
 // "outcome" (processed, duplicate, dead_lettered), retries carries "kind"
-// (handler, transient), lag carries "topic" and "partition".
+// (handler, transient), lag carries "topic" and "partition". The inbox's
+// oldest token age carries "scope" (and "group"), measured while Run runs
+// (not with Config.AtLeastOnce).
 const (
-	MetricMessages      = "exactly.consumer.messages"
-	MetricRetries       = "exactly.consumer.retries"
-	MetricBatchDuration = "exactly.consumer.batch.duration"
-	MetricCommitErrors  = "exactly.consumer.offset_commit.errors"
-	MetricLag           = "exactly.consumer.lag"
+	MetricMessages       = "exactly.consumer.messages"
+	MetricRetries        = "exactly.consumer.retries"
+	MetricBatchDuration  = "exactly.consumer.batch.duration"
+	MetricCommitErrors   = "exactly.consumer.offset_commit.errors"
+	MetricLag            = "exactly.consumer.lag"
+	MetricInboxOldestAge = "exactly.inbox.oldest_age"
 )
 
 // secondsBuckets are the histogram bounds, in seconds, of the consumer's
@@ -28,6 +34,8 @@ const (
 var secondsBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
 type metrics struct {
+	meter         metric.Meter
+	inboxOldest   metric.Float64ObservableGauge
 	messages      metric.Int64Counter
 	retries       metric.Int64Counter
 	batchDuration metric.Float64Histogram
@@ -47,8 +55,12 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 		mp = noop.NewMeterProvider()
 	}
 	meter := mp.Meter("github.com/exactlyhq/exactly/consumer")
-	m := &metrics{lags: map[lagKey]*atomic.Int64{}}
+	m := &metrics{meter: meter, lags: map[lagKey]*atomic.Int64{}}
 	var err error
+	if m.inboxOldest, err = meter.Float64ObservableGauge(MetricInboxOldestAge, metric.WithUnit("s"),
+		metric.WithDescription("Age of the oldest token in the inbox scope (0 when empty). Past the retention, pruning has stopped and the inbox grows.")); err != nil {
+		return nil, err
+	}
 	if m.messages, err = meter.Int64Counter(MetricMessages, metric.WithDescription("Messages settled, by outcome.")); err != nil {
 		return nil, err
 	}
@@ -75,6 +87,26 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// observeInbox reports the age of the scope's oldest token at every
+// collection until the registration is unregistered.
+func (m *metrics) observeInbox(store *inbox.Store, group string) (metric.Registration, error) {
+	attrs := metric.WithAttributes(attribute.String("scope", store.Config().Scope), attribute.String("group", group))
+	return m.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		oldest, err := store.Oldest(ctx)
+		if err != nil {
+			return err
+		}
+		age := 0.0
+		if !oldest.IsZero() {
+			age = time.Since(oldest).Seconds()
+		}
+		o.ObserveFloat64(m.inboxOldest, age, attrs)
+		return nil
+	}, m.inboxOldest)
 }
 
 // lag returns the gauge cell of one partition; release removes it.

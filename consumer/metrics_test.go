@@ -14,7 +14,8 @@ import (
 )
 
 // TestMetrics: processed, duplicate and dead-lettered messages and retries
-// are counted; batch durations recorded.
+// are counted; batch durations recorded; the age of the inbox scope's oldest
+// token reported.
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
@@ -36,12 +37,18 @@ func TestMetrics(t *testing.T) {
 	}
 	start(t, c)
 	waitCommitted(t, b, 60)
+	// Age the oldest token by a day, as if pruning had stopped.
+	if _, err := b.pool.Exec(context.Background(), "UPDATE "+pgx.Identifier{b.schema, "inbox"}.Sanitize()+
+		" SET processed_at = processed_at - interval '1 day'"); err != nil {
+		t.Fatal(err)
+	}
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
 	counts := map[string]int64{}
 	var batches uint64
+	oldest := map[string]float64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			switch d := m.Data.(type) {
@@ -58,6 +65,11 @@ func TestMetrics(t *testing.T) {
 			case metricdata.Histogram[float64]:
 				for _, p := range d.DataPoints {
 					batches += p.Count
+				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					scope, _ := p.Attributes.Value("scope")
+					oldest[m.Name+"/"+scope.AsString()] = p.Value
 				}
 			}
 		}
@@ -76,5 +88,8 @@ func TestMetrics(t *testing.T) {
 	}
 	if counts[consumer.MetricRetries+"/handler"] < 1 || batches == 0 {
 		t.Errorf("retries %v, batches %d", counts, batches)
+	}
+	if age := oldest[consumer.MetricInboxOldestAge+"/"+b.cfg.GroupID]; age < 86400 || age > 86400+600 {
+		t.Errorf("%s for scope %s = %.0fs, want a day (all: %v)", consumer.MetricInboxOldestAge, b.cfg.GroupID, age, oldest)
 	}
 }

@@ -594,6 +594,7 @@ func metricNames() map[string]bool {
 		{consumer.MetricBatchDuration, "histogram", "s"},
 		{consumer.MetricCommitErrors, "counter", ""},
 		{consumer.MetricLag, "gauge", ""},
+		{consumer.MetricInboxOldestAge, "gauge", "s"},
 		{outbox.MetricPublished, "counter", ""},
 		{outbox.MetricFailures, "counter", ""},
 		{outbox.MetricDeadLettered, "counter", ""},
@@ -622,9 +623,9 @@ func metricNames() map[string]bool {
 	return names
 }
 
-var metricToken = regexp.MustCompile(`exactly_(?:consumer|outbox)_[a-z_]+`)
+var metricToken = regexp.MustCompile(`exactly_(?:consumer|outbox|inbox)_[a-z_]+`)
 
-// TestMetricNamesExist: every exactly_consumer_* and exactly_outbox_* name in
+// TestMetricNamesExist: every exactly_consumer_*, exactly_inbox_* and exactly_outbox_* name in
 // the alerts, the dashboard and the docs is one the programs export.
 func TestMetricNamesExist(t *testing.T) {
 	known := metricNames()
@@ -726,6 +727,7 @@ var requiredAlerts = map[string][]string{
 	"ExactlyConsumerTransientErrors":    {`exactly_consumer_retries_total{kind="transient"}`},
 	"ExactlyConsumerOffsetCommitErrors": {"exactly_consumer_offset_commit_errors_total"},
 	"ExactlyConsumerBatchesSlow":        {"exactly_consumer_batch_duration_seconds_sum", "exactly_consumer_batch_duration_seconds_count"},
+	"ExactlyInboxRetentionStalled":      {"max by (scope) (exactly_inbox_oldest_age_seconds)"},
 	"ExactlyOutboxOldestRowAge":         {"exactly_outbox_oldest_age_seconds"},
 	"ExactlyOutboxBacklogHigh":          {"max by (table, shard) (exactly_outbox_backlog)"},
 	"ExactlyOutboxShardUnowned":         {"exactly_outbox_shard_owned", "== 0"},

@@ -443,6 +443,21 @@ func (s *Store) Stats(ctx context.Context) (ScopeStats, error) {
 	return st, nil
 }
 
+// Oldest returns when the oldest token of the store's scope was claimed, or
+// the zero time when the scope is empty. It probes one index entry, so it is
+// cheap enough for a metrics callback: an age that grows past the retention
+// means pruning stopped.
+func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
+	var oldest *time.Time
+	if err := s.db.QueryRow(ctx, s.sql["oldest"], s.cfg.Scope).Scan(&oldest); err != nil {
+		return time.Time{}, fmt.Errorf("inbox: oldest: %w", err)
+	}
+	if oldest == nil {
+		return time.Time{}, nil
+	}
+	return *oldest, nil
+}
+
 // PruneCount returns how many tokens Prune would delete: a dry run.
 func (s *Store) PruneCount(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
