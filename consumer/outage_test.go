@@ -1,8 +1,12 @@
 package consumer_test
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -15,6 +19,8 @@ import (
 
 // TestOutages restarts Postgres, then the Kafka broker, while the consumer
 // works. The consumer recovers by itself; every effect lands exactly once.
+// Postgres restarts while a batch transaction is open: a handler holds it
+// until the restart is over, then writes on a connection that is gone.
 func TestOutages(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -27,18 +33,36 @@ func TestOutages(t *testing.T) {
 			b := setup(t, 2)
 			const n = 4000
 			all := msgs(tc.name, n, 20)
-			c, err := consumer.New(b.cfg, insertEffect(b.effects))
+			holdToken := tc.name + "-1000"
+			var held atomic.Bool
+			holding, restarted := make(chan struct{}), make(chan struct{})
+			apply := insertEffect(b.effects)
+			c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+				if m.Token.String() == holdToken && held.CompareAndSwap(false, true) {
+					close(holding)
+					<-restarted
+				}
+				return apply(ctx, tx, m)
+			}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			start(t, c)
 			kafkatest.Produce(t, b.writer, all[:2000]...)
-			waitCount(t, b.pool, 60*time.Second, 500, "SELECT count(*) FROM "+b.effects)
+			select {
+			case <-holding:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the consumer never reached " + holdToken)
+			}
 			tc.restart(t)
+			close(restarted)
 			kafkatest.Produce(t, b.writer, all[2000:]...)
 			kafkatest.Produce(t, b.writer, all[1000:1500]...) // duplicates across the outage
 			waitCommitted(t, b, n+500)
 			checkEffects(t, b, n)
+			if dl := deadLetters(t, b); len(dl) != 0 {
+				t.Fatalf("the outage dead-lettered %v", dl)
+			}
 		})
 	}
 }

@@ -141,7 +141,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 		}
 		wait := bo.NextBackOff()
 		var he *handlerError
-		if errors.As(err, &he) {
+		if errors.As(err, &he) && !isTransient(he.err) {
 			it := pending[0]
 			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "handler")))
 			p.log.Warn("handler failed; retrying message", "offset", it.msg.Offset, "attempt", it.attempts, "max_attempts", cfg.MaxAttempts, "backoff", wait, "err", he.err)
