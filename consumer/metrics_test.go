@@ -42,13 +42,37 @@ func TestMetrics(t *testing.T) {
 		" SET processed_at = processed_at - interval '1 day'"); err != nil {
 		t.Fatal(err)
 	}
+	counts, batches, oldest := collect(t, reader)
+	// m-7 was sent twice. A dead letter does not claim its token (so that
+	// a replay runs), so the second copy is tried and dead-lettered too.
+	want := map[string]int64{
+		consumer.MetricMessages + "/processed":     49,
+		consumer.MetricMessages + "/duplicate":     9,
+		consumer.MetricMessages + "/dead_lettered": 2,
+	}
+	for k, v := range want {
+		if counts[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, counts[k], v, counts)
+		}
+	}
+	if counts[consumer.MetricRetries+"/handler"] < 1 || batches == 0 {
+		t.Errorf("retries %v, batches %d", counts, batches)
+	}
+	if age := oldest[consumer.MetricInboxOldestAge+"/"+b.cfg.GroupID]; age < 86400 || age > 86400+600 {
+		t.Errorf("%s for scope %s = %.0fs, want a day (all: %v)", consumer.MetricInboxOldestAge, b.cfg.GroupID, age, oldest)
+	}
+}
+
+// collect reads the metrics: counter sums keyed "name/outcome" or
+// "name/kind", the number of batch durations recorded, and gauges keyed
+// "name/scope".
+func collect(t *testing.T, reader *sdkmetric.ManualReader) (counts map[string]int64, batches uint64, gauges map[string]float64) {
+	t.Helper()
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]int64{}
-	var batches uint64
-	oldest := map[string]float64{}
+	counts, gauges = map[string]int64{}, map[string]float64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			switch d := m.Data.(type) {
@@ -69,27 +93,10 @@ func TestMetrics(t *testing.T) {
 			case metricdata.Gauge[float64]:
 				for _, p := range d.DataPoints {
 					scope, _ := p.Attributes.Value("scope")
-					oldest[m.Name+"/"+scope.AsString()] = p.Value
+					gauges[m.Name+"/"+scope.AsString()] = p.Value
 				}
 			}
 		}
 	}
-	// m-7 was sent twice. A dead letter does not claim its token (so that
-	// a replay runs), so the second copy is tried and dead-lettered too.
-	want := map[string]int64{
-		consumer.MetricMessages + "/processed":     49,
-		consumer.MetricMessages + "/duplicate":     9,
-		consumer.MetricMessages + "/dead_lettered": 2,
-	}
-	for k, v := range want {
-		if counts[k] != v {
-			t.Errorf("%s = %d, want %d (all: %v)", k, counts[k], v, counts)
-		}
-	}
-	if counts[consumer.MetricRetries+"/handler"] < 1 || batches == 0 {
-		t.Errorf("retries %v, batches %d", counts, batches)
-	}
-	if age := oldest[consumer.MetricInboxOldestAge+"/"+b.cfg.GroupID]; age < 86400 || age > 86400+600 {
-		t.Errorf("%s for scope %s = %.0fs, want a day (all: %v)", consumer.MetricInboxOldestAge, b.cfg.GroupID, age, oldest)
-	}
+	return counts, batches, gauges
 }
