@@ -242,6 +242,42 @@ func TestPollingWithoutListen(t *testing.T) {
 	}
 }
 
+// TestOrderWhenAWriteIsRefused: the topic accepts record batches of at most
+// 100 kB. Key k's first row shares a write with a 200 kB row and nine 90 kB
+// rows; its second row comes after them. Kafka refuses the record batch
+// holding the first row, so the second must not be published before it:
+// were the write split by kafka-go (at 1 MiB), the second row would travel
+// in a later batch that Kafka accepts.
+func TestOrderWhenAWriteIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	topic := kafkatest.Topic(t, 1, kafka.ConfigEntry{ConfigName: "max.message.bytes", ConfigValue: "100000"})
+	msgs := []outbox.Message{{Topic: topic, Key: []byte("k"), Value: []byte("k-1")}, {Topic: topic, Key: []byte("x"), Value: make([]byte, 200_000)}}
+	for i := range 10 {
+		msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte{'f', byte('0' + i)}, Value: make([]byte, 90_000)})
+	}
+	msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte("k"), Value: []byte("k-2")})
+	enqueue(t, b, msgs...)
+	// One shard, so that all rows go out in the same writes.
+	if _, err := b.pool.Exec(context.Background(), "UPDATE "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" SET shard = 0"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.relay
+	cfg.Outbox.Shards = 1
+	cfg.MaxAttempts = 1
+	startRelay(t, b.pool, cfg)
+	got := kafkatest.ReadAll(t, topic, 1, 12, 60*time.Second)
+	var k []string
+	for _, m := range got {
+		if string(m.Key) == "k" {
+			k = append(k, string(m.Value))
+		}
+	}
+	if strings.Join(k, ",") != "k-1,k-2" {
+		t.Fatalf("key k published as %v, want k-1 then k-2", k)
+	}
+}
+
 // TestPoisonRows: rows that can never be published (unknown topic, too
 // large) are dead-lettered with their reason after MaxAttempts rejections;
 // other keys flow meanwhile (all of them are published while the poison rows

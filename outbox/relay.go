@@ -57,6 +57,12 @@ type RelayConfig struct {
 	// Writer publishes. It must be synchronous, wait for all in-sync
 	// replicas, partition by key hash and flush within MaxBatchTimeout;
 	// NewRelay refuses it otherwise. Defaults to NewWriter(Brokers...).
+	// Give the relay a writer of its own: its writes must not share record
+	// batches with other code's. A write holds at most the writer's
+	// BatchSize messages and BatchBytes bytes (so that each partition's
+	// share is one record batch, accepted or refused whole); keep BatchBytes
+	// at or below the topics' max.message.bytes, or every full write is
+	// refused and the relay falls back to one row per write.
 	Writer *kafka.Writer
 	// BatchSize is the most rows published per round per shard.
 	// Defaults to 500.
@@ -174,6 +180,11 @@ type Relay struct {
 	attrs                     metric.MeasurementOption
 
 	running atomic.Bool
+
+	// writeMu makes each write to Kafka alone in its record batches:
+	// kafka-go batches concurrent writes to a partition together, and a
+	// write that shares or splits a batch can fail in part (see write).
+	writeMu sync.Mutex
 }
 
 // NewRelay returns a Relay for the outbox table cfg.Outbox names.
@@ -721,6 +732,9 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 		}
 		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
 	}
+	if n := r.fit(msgs); n < len(msgs) {
+		rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
+	}
 	errs := r.write(ctx, msgs)
 	// Settle failures in id order (rows come sorted by id). A row whose key
 	// has an earlier row failing in this write keeps its error without
@@ -829,8 +843,44 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 	return transient, nil
 }
 
-// write publishes msgs in one call and returns each message's error.
+// fit returns how many of msgs, from the first, one write may hold: kafka-go
+// sends a partition's messages of one write as one record batch only up to
+// the writer's BatchSize messages and BatchBytes bytes, and splits beyond.
+// The parts of a split write succeed or fail on their own, so a key's later
+// row could be published while its earlier row failed. The first message
+// always fits (one too large for the writer is rejected on its own).
+func (r *Relay) fit(msgs []kafka.Message) int {
+	maxMsgs, maxBytes := r.writer.BatchSize, r.writer.BatchBytes
+	if maxMsgs <= 0 {
+		maxMsgs = 100 // kafka-go's defaults
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	var n int
+	var bytes int64
+	for ; n < len(msgs); n++ {
+		m := &msgs[n]
+		size := int64(32 + len(m.Key) + len(m.Value)) // at least kafka-go's estimate
+		for _, h := range m.Headers {
+			size += int64(10 + len(h.Key) + len(h.Value))
+		}
+		if n > 0 && (n >= maxMsgs || bytes+size > maxBytes) {
+			break
+		}
+		bytes += size
+	}
+	return n
+}
+
+// write publishes msgs in one call and returns each message's error. One
+// write at a time per relay: kafka-go would otherwise put messages of
+// concurrent writes (of other shards) into the same record batch, where a
+// rejected message fails the others, or push a write's messages into a
+// second batch, which can fail while the first succeeds.
 func (r *Relay) write(ctx context.Context, msgs []kafka.Message) []error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	errs := make([]error, len(msgs))
 	werr := r.writer.WriteMessages(ctx, msgs...)
 	var we kafka.WriteErrors

@@ -26,15 +26,15 @@ func Brokers() []string {
 	return strings.Split(cmp.Or(os.Getenv("KAFKA_BROKERS"), BrokersDefault), ",")
 }
 
-// Topic creates a topic with a random name and the given partitions, and
-// deletes it when the test ends. It fails the test, with a hint, when no
-// broker answers.
-func Topic(tb testing.TB, partitions int) string {
+// Topic creates a topic with a random name, the given partitions and topic
+// configs, and deletes it when the test ends. It fails the test, with a
+// hint, when no broker answers.
+func Topic(tb testing.TB, partitions int, configs ...kafka.ConfigEntry) string {
 	tb.Helper()
 	name := "test-" + pgtest.RandomSuffix()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := CreateTopic(ctx, name, partitions); err != nil {
+	if err := CreateTopic(ctx, name, partitions, configs...); err != nil {
 		tb.Fatalf("kafkatest: %v (is Kafka running? `make services`)", err)
 	}
 	tb.Cleanup(func() {
@@ -46,15 +46,16 @@ func Topic(tb testing.TB, partitions int) string {
 }
 
 // CreateTopic creates topic with the given partitions (replication factor
-// 1) and waits until every partition has a leader, so that the first
-// produce and fetch do not race its creation. Benchmarks use it too.
-func CreateTopic(ctx context.Context, topic string, partitions int) error {
+// 1) and topic configs, and waits until every partition has a leader, so
+// that the first produce and fetch do not race its creation. Benchmarks use
+// it too.
+func CreateTopic(ctx context.Context, topic string, partitions int, configs ...kafka.ConfigEntry) error {
 	conn, err := controller(ctx)
 	if err != nil {
 		return fmt.Errorf("find the Kafka controller at %v: %w", Brokers(), err)
 	}
 	defer conn.Close()
-	if err := conn.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}); err != nil {
+	if err := conn.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: configs}); err != nil {
 		return fmt.Errorf("create topic %s: %w", topic, err)
 	}
 	for {
