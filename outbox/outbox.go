@@ -293,6 +293,12 @@ func (o *Outbox) Enqueue(ctx context.Context, db Beginner, msgs ...Message) ([]s
 	return ids, err
 }
 
+// ShardOf returns the shard of a message with the given key and id: a hash
+// of the key, or of the id for a message without a key.
+func (c Config) ShardOf(key []byte, id string) int {
+	return shardOf(key, id, c.withDefaults().Shards)
+}
+
 // shardOf hashes the key (or, without a key, the message id) to a shard.
 func shardOf(key []byte, id string, shards int) int {
 	h := fnv.New32a()

@@ -651,9 +651,12 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 			partition int
 			offset    int64
 		}
+		if err := e.lockReplays(ctx, tx); err != nil {
+			return err
+		}
 		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // resolved meanwhile, or locked by another operator
+			return nil // resolved meanwhile
 		}
 		if err != nil {
 			return err
@@ -680,6 +683,13 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		return err
 	})
 	return found, err
+}
+
+// lockReplays serializes replays and discards into the outbox table, for
+// the rest of tx.
+func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, e.sql["replay_lock"], e.schema+"."+e.outboxTable)
+	return err
 }
 
 // replayID is a UUID (version 8, RFC 9562) derived from a Kafka message's

@@ -341,6 +341,15 @@ func TestOutboxDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = kafkatest.DeleteTopic(context.Background(), missing) })
+	// A shard count other than the writers' would put the key in another
+	// shard than its later rows: refused.
+	wrong := 2
+	for (outbox.Config{Shards: wrong}).ShardOf([]byte("order-1"), "") == (outbox.Config{}).ShardOf([]byte("order-1"), "") {
+		wrong++
+	}
+	if code, _, errOut := cli(t, "outbox-dead-letters", "replay", "-schema", schema, "-shards", strconv.Itoa(wrong), strconv.FormatInt(list[0].ID, 10)); code != exitFailure || !strings.Contains(errOut, "pass -shards") {
+		t.Fatalf("replay with -shards %d: exit %d, %q", wrong, code, errOut)
+	}
 	var res map[string]any
 	cliJSON(t, &res, "outbox-dead-letters", "discard", "-schema", schema, strconv.FormatInt(list[1].ID, 10))
 	if codes := concurrently(t, 2, "outbox-dead-letters", "replay", "-schema", schema, "-reason", outbox.ReasonUnknownTopic); codes[0] != 2 {

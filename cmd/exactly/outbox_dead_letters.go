@@ -207,17 +207,26 @@ func obdlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env
 func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
 	found := false
 	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		if err := e.lockReplays(ctx, tx); err != nil {
+			return err
+		}
 		var m outbox.Message
 		var headers []byte
-		err := tx.QueryRow(ctx, e.sql["outbox_dead_letters_lock"], id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers)
+		var shard int
+		err := tx.QueryRow(ctx, e.sql["outbox_dead_letters_lock"], id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers, &shard)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // resolved meanwhile, or locked by another operator
+			return nil // resolved meanwhile
 		}
 		if err != nil {
 			return err
 		}
 		found = true
 		if resolution == "replayed" {
+			// A key must go back to the shard its later rows are in, or two
+			// relays could publish the key at once, out of order.
+			if s := ob.Config().ShardOf(m.Key, m.ID); len(m.Key) > 0 && s != shard {
+				return fmt.Errorf("its key was in shard %d, but -shards %d puts it in shard %d: pass -shards as the writers' outbox.Config.Shards", shard, ob.Config().Shards, s)
+			}
 			var hs []storedHeader
 			if err := json.Unmarshal(headers, &hs); err != nil {
 				return fmt.Errorf("headers: %w", err)
