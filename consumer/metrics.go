@@ -89,16 +89,32 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 	return m, nil
 }
 
+// inboxReadTimeout bounds the query behind the inbox age at a collection:
+// while Postgres is slow or down, a scrape must not time out and lose every
+// other metric with it.
+const inboxReadTimeout = time.Second
+
 // observeInbox reports the age of the scope's oldest token at every
-// collection until the registration is unregistered.
+// collection until the registration is unregistered. When the read fails
+// the last known oldest token's age is reported.
 func (m *metrics) observeInbox(store *inbox.Store, group string) (metric.Registration, error) {
 	attrs := metric.WithAttributes(attribute.String("scope", store.Config().Scope), attribute.String("group", group))
+	var (
+		mu     sync.Mutex
+		known  bool
+		oldest time.Time
+	)
 	return m.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, inboxReadTimeout)
 		defer cancel()
-		oldest, err := store.Oldest(ctx)
-		if err != nil {
-			return err
+		t, err := store.Oldest(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			known, oldest = true, t
+		}
+		if !known {
+			return nil
 		}
 		age := 0.0
 		if !oldest.IsZero() {

@@ -2,6 +2,7 @@ package consumer_test
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +49,9 @@ func TestOutages(t *testing.T) {
 				t.Fatal(err)
 			}
 			start(t, c)
+			var restartedOnce sync.Once
+			endRestart := func() { restartedOnce.Do(func() { close(restarted) }) }
+			t.Cleanup(endRestart) // runs before start's cleanup, which waits for Run
 			kafkatest.Produce(t, b.writer, all[:2000]...)
 			select {
 			case <-holding:
@@ -55,7 +59,7 @@ func TestOutages(t *testing.T) {
 				t.Fatal("the consumer never reached " + holdToken)
 			}
 			tc.restart(t)
-			close(restarted)
+			endRestart()
 			kafkatest.Produce(t, b.writer, all[2000:]...)
 			kafkatest.Produce(t, b.writer, all[1000:1500]...) // duplicates across the outage
 			waitCommitted(t, b, n+500)

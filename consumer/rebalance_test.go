@@ -37,13 +37,13 @@ func TestRebalanceBetweenCommits(t *testing.T) {
 	t.Cleanup(func() { testhook.Set("consumer.after-db-commit", nil) })
 	var releaseOnce sync.Once
 	free := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(free)
 
 	first, err := consumer.New(b.cfg, insertEffect(b.effects))
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopFirst := start(t, first)
+	t.Cleanup(free) // runs before start's cleanup, which waits for Run
 	select {
 	case <-dbCommitted:
 	case <-time.After(60 * time.Second):
