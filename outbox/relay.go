@@ -82,7 +82,10 @@ type RelayConfig struct {
 	// dead-letter table. The row's rejections column counts these; its
 	// attempts column counts every failed publish. Failures while Kafka is
 	// unreachable never count, so an outage dead-letters nothing, however
-	// long it lasts. Defaults to 10.
+	// long it lasts. An unknown topic does count: a topic the brokers do not
+	// know through MaxAttempts retries of its row (about 40s at the default
+	// backoff) dead-letters the row; replay it once the topic exists
+	// (`exactly outbox-dead-letters replay`). Defaults to 10.
 	MaxAttempts int
 	// RetryInitial and RetryMax bound the backoff after failed publishes.
 	// Default to 100ms and 10s.
