@@ -58,12 +58,17 @@ type RelayConfig struct {
 	// replicas, partition by key hash and flush within MaxBatchTimeout;
 	// NewRelay refuses it otherwise. Defaults to NewWriter(Brokers...).
 	// Give the relay a writer of its own: its writes must not share record
-	// batches with other code's. A write holds at most the writer's
+	// batches with other code's. Its shards share it one write at a time,
+	// which costs throughput: prefer Brokers and Transport, with which the
+	// relay builds one writer per shard. A write holds at most the writer's
 	// BatchSize messages and BatchBytes bytes (so that each partition's
 	// share is one record batch, accepted or refused whole); keep BatchBytes
 	// at or below the topics' max.message.bytes, or every full write is
 	// refused and the relay falls back to one row per write.
 	Writer *kafka.Writer
+	// Transport connects the writers the relay builds from Brokers (TLS,
+	// SASL). Defaults to a plain kafka.Transport. Ignored with Writer.
+	Transport *kafka.Transport
 	// BatchSize is the most rows published per round per shard.
 	// Defaults to 500.
 	BatchSize int
@@ -183,11 +188,18 @@ type Relay struct {
 	attrs                     metric.MeasurementOption
 
 	running atomic.Bool
+	pubs    []publisher // by shard, set by Run
+}
 
-	// writeMu makes each write to Kafka alone in its record batches:
-	// kafka-go batches concurrent writes to a partition together, and a
-	// write that shares or splits a batch can fail in part (see write).
-	writeMu sync.Mutex
+// publisher writes one shard's messages, each write alone in its record
+// batches: kafka-go batches concurrent writes to a partition together, and a
+// write that shares a batch with another, or is split over two, can fail in
+// part (see write). A relay that builds its writers gives each shard one;
+// a writer from RelayConfig.Writer is shared by all shards, one write at a
+// time.
+type publisher struct {
+	w  *kafka.Writer
+	mu *sync.Mutex
 }
 
 // NewRelay returns a Relay for the outbox table cfg.Outbox names.
@@ -314,16 +326,31 @@ func (r *Relay) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
+	r.pubs = make([]publisher, r.cfg.Outbox.Shards)
 	if r.ownW {
-		r.writer = NewWriter(r.cfg.Brokers...)
+		transport := r.cfg.Transport
+		if transport == nil {
+			transport = &kafka.Transport{}
+		}
+		for i := range r.pubs {
+			w := NewWriter(r.cfg.Brokers...)
+			w.Transport = transport
+			r.pubs[i] = publisher{w: w, mu: &sync.Mutex{}}
+		}
+		r.writer = r.pubs[0].w // for the preflight probe
 		defer func() {
-			_ = r.writer.Close()
+			for _, p := range r.pubs {
+				_ = p.w.Close()
+			}
 			// Close leaves the transport's connections (and their
 			// goroutines) open.
-			if t, ok := r.writer.Transport.(*kafka.Transport); ok {
-				t.CloseIdleConnections()
-			}
+			transport.CloseIdleConnections()
 		}()
+	} else {
+		mu := &sync.Mutex{}
+		for i := range r.pubs {
+			r.pubs[i] = publisher{w: r.writer, mu: mu}
+		}
 	}
 	if err := r.preflight(ctx); err != nil {
 		return err
@@ -604,7 +631,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 	blocked := map[string]*blockedKey{}
 	var lingerUntil time.Time
 	for ctx.Err() == nil {
-		next, err := r.retryBlocked(work, conn, blocked, log)
+		next, err := r.retryBlocked(work, conn, r.pubs[shard], blocked, log)
 		if err != nil {
 			return err
 		}
@@ -648,7 +675,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 		if r.cfg.Linger > 0 {
 			lingerUntil = time.Now().Add(r.cfg.Linger)
 		}
-		transient, err := r.publishRows(work, conn, rows, blocked, log)
+		transient, err := r.publishRows(work, conn, r.pubs[shard], rows, blocked, log)
 		if err != nil {
 			return err
 		}
@@ -667,7 +694,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 
 // retryBlocked publishes the head row of each blocked key whose retry is
 // due, alone, and returns when the next retry is due.
-func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, blocked map[string]*blockedKey, log *slog.Logger) (time.Time, error) {
+func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher, blocked map[string]*blockedKey, log *slog.Logger) (time.Time, error) {
 	var next time.Time
 	now := time.Now()
 	for k, b := range blocked {
@@ -685,7 +712,7 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, blocked map[st
 			delete(blocked, k)
 			continue
 		}
-		if _, err := r.publishRows(ctx, conn, rows, blocked, log); err != nil {
+		if _, err := r.publishRows(ctx, conn, pub, rows, blocked, log); err != nil {
 			return next, err
 		}
 		if nb, ok := blocked[k]; ok && (next.IsZero() || nb.retryAt.Before(next)) {
@@ -717,7 +744,7 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ..
 // acknowledged rows are removed (or marked), failed rows record the failure.
 // It returns the error of a transient failure, after which the caller backs
 // off, and an error only when the database could not record the outcome.
-func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
+func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, rows []row, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
 	msgs := make([]kafka.Message, len(rows))
 	for i, x := range rows {
 		var hs []header
@@ -735,10 +762,10 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 		}
 		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
 	}
-	if n := r.fit(msgs); n < len(msgs) {
+	if n := pub.fit(msgs); n < len(msgs) {
 		rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
 	}
-	errs := r.write(ctx, msgs)
+	errs := pub.write(ctx, msgs)
 	// Settle failures in id order (rows come sorted by id). A row whose key
 	// has an earlier row failing in this write keeps its error without
 	// counting a rejection: it failed for sharing that row's write, and
@@ -759,7 +786,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 			continue
 		}
 		if len(rows) > 1 && permanentReason(errs[i]) != "" {
-			errs[i] = r.write(ctx, msgs[i:i+1])[0]
+			errs[i] = pub.write(ctx, msgs[i:i+1])[0]
 		}
 		failedKey[k] = errs[i] != nil
 	}
@@ -852,8 +879,8 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, rows []row, blo
 // The parts of a split write succeed or fail on their own, so a key's later
 // row could be published while its earlier row failed. The first message
 // always fits (one too large for the writer is rejected on its own).
-func (r *Relay) fit(msgs []kafka.Message) int {
-	maxMsgs, maxBytes := r.writer.BatchSize, r.writer.BatchBytes
+func (p publisher) fit(msgs []kafka.Message) int {
+	maxMsgs, maxBytes := p.w.BatchSize, p.w.BatchBytes
 	if maxMsgs <= 0 {
 		maxMsgs = 100 // kafka-go's defaults
 	}
@@ -877,15 +904,15 @@ func (r *Relay) fit(msgs []kafka.Message) int {
 }
 
 // write publishes msgs in one call and returns each message's error. One
-// write at a time per relay: kafka-go would otherwise put messages of
+// write at a time per writer: kafka-go would otherwise put messages of
 // concurrent writes (of other shards) into the same record batch, where a
 // rejected message fails the others, or push a write's messages into a
 // second batch, which can fail while the first succeeds.
-func (r *Relay) write(ctx context.Context, msgs []kafka.Message) []error {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
+func (p publisher) write(ctx context.Context, msgs []kafka.Message) []error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	errs := make([]error, len(msgs))
-	werr := r.writer.WriteMessages(ctx, msgs...)
+	werr := p.w.WriteMessages(ctx, msgs...)
 	var we kafka.WriteErrors
 	switch {
 	case werr == nil:
