@@ -202,7 +202,12 @@ func statusCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) erro
 	brokers := fs.String("brokers", "", "Kafka brokers, comma-separated, to report consumer lag (default $KAFKA_BROKERS)")
 	var groups stringList
 	fs.Var(&groups, "group", "consumer group to report lag for (repeatable; default: every inbox scope that is a group)")
+	sec := addKafkaSecurity(fs)
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		transport, err := sec.transport()
+		if err != nil {
+			return usageError{err.Error()}
+		}
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
@@ -256,7 +261,7 @@ func statusCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) erro
 			if len(groups) == 0 {
 				groups = scopes
 			}
-			st.Lag, err = consumerLag(ctx, strings.Split(addrs, ","), groups)
+			st.Lag, err = consumerLag(ctx, transport, strings.Split(addrs, ","), groups)
 			if err != nil {
 				st.LagError = err.Error()
 			}
@@ -322,10 +327,9 @@ func (e *env) printStatus(st status) {
 // consumerLag reports, for each group that exists in Kafka, the lag of every
 // partition of the topics it has committed offsets for or its members
 // subscribe to.
-func consumerLag(ctx context.Context, brokers, groups []string) ([]lagRow, error) {
+func consumerLag(ctx context.Context, transport *kafka.Transport, brokers, groups []string) ([]lagRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	transport := &kafka.Transport{}
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}
 	listed, err := client.ListGroups(ctx, &kafka.ListGroupsRequest{})

@@ -14,6 +14,8 @@
 #   EXACTLY_STATE_DIR            default <repo>/.local; Kafka lives in $EXACTLY_STATE_DIR/kafka
 #   EXACTLY_KAFKA_PORT           PLAINTEXT port, default 9092 (always 127.0.0.1)
 #   EXACTLY_KAFKA_CONTROLLER_PORT default 9093
+#   EXACTLY_KAFKA_SASL_PORT      SASL_PLAINTEXT port, default 9094: mechanism PLAIN, user "exactly",
+#                                password "exactly-secret" (a local test fixture, never a real secret)
 #   EXACTLY_KAFKA_HEAP           default "-Xms512m -Xmx1g"
 #   EXACTLY_KAFKA_READY_TIMEOUT  seconds to wait for readiness, default 90
 #   EXACTLY_KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM, default 30
@@ -39,6 +41,7 @@ CONSOLE_LOG="$LOGS/console.log"
 HOST=127.0.0.1
 PORT="${EXACTLY_KAFKA_PORT:-9092}"
 CPORT="${EXACTLY_KAFKA_CONTROLLER_PORT:-9093}"
+SASL_PORT="${EXACTLY_KAFKA_SASL_PORT:-9094}"
 BOOTSTRAP="$HOST:$PORT"
 HEAP="${EXACTLY_KAFKA_HEAP:--Xms512m -Xmx1g}"
 READY_TIMEOUT="${EXACTLY_KAFKA_READY_TIMEOUT:-90}"
@@ -93,11 +96,15 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+
+# A SASL listener for the tests of TLS/SASL-configured clients (PLAIN, one user).
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_exactly="exactly-secret";
 log.dirs=$DATA
 
 num.partitions=1
@@ -289,6 +296,9 @@ do_start() {
 	fi
 	if port_open "$CPORT"; then
 		die "controller port $HOST:$CPORT is in use (pid $(port_owner "$CPORT")); stop it or set EXACTLY_KAFKA_CONTROLLER_PORT"
+	fi
+	if port_open "$SASL_PORT"; then
+		die "SASL port $HOST:$SASL_PORT is in use (pid $(port_owner "$SASL_PORT")); stop it or set EXACTLY_KAFKA_SASL_PORT"
 	fi
 
 	ensure_libs

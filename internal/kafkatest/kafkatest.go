@@ -26,6 +26,20 @@ func Brokers() []string {
 	return strings.Split(cmp.Or(os.Getenv("KAFKA_BROKERS"), BrokersDefault), ",")
 }
 
+// The SASL_PLAINTEXT listener of the local broker (deploy/local/kafka.sh):
+// mechanism PLAIN, one user. A test fixture, not a secret.
+const (
+	SASLBrokersDefault = "127.0.0.1:9094"
+	SASLUser           = "exactly"
+	SASLPassword       = "exactly-secret"
+)
+
+// SASLBrokers returns KAFKA_SASL_BROKERS split at commas, or
+// SASLBrokersDefault.
+func SASLBrokers() []string {
+	return strings.Split(cmp.Or(os.Getenv("KAFKA_SASL_BROKERS"), SASLBrokersDefault), ",")
+}
+
 // Topic creates a topic with a random name, the given partitions and topic
 // configs, and deletes it when the test ends. It fails the test, with a
 // hint, when no broker answers.
