@@ -568,31 +568,61 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	return nil
 }
 
-// dlResolve replays or discards dead letters, each in a transaction of its
-// own: a replay enqueues the original message (key, value, headers, and so
-// its token) into the outbox in the same transaction that marks the dead
-// letter resolved, so running it twice, or from two terminals, publishes
-// once.
-func dlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, *flag.FlagSet) error {
-	f := addFilters(fs)
+// deadLetterTable is what the dead-letters and outbox-dead-letters commands
+// differ in.
+type deadLetterTable struct {
+	noun    string                      // in messages: "dead letters"
+	filters func(*flag.FlagSet) filters // the flags that select them
+	tables  func(*env) []string         // the tables a replay needs
+	list    func(context.Context, *env, filters, []int64) ([]int64, error)
+	resolve func(*env, context.Context, *outbox.Outbox, int64, string) (bool, error)
+}
+
+var consumerDeadLetters = deadLetterTable{
+	noun:    "dead letters",
+	filters: addFilters,
+	tables:  func(e *env) []string { return []string{e.deadLetters, e.outboxTable} },
+	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
+		dls, err := e.listDeadLetters(ctx, f, ids)
+		selected := make([]int64, len(dls))
+		for i, d := range dls {
+			selected[i] = d.ID
+		}
+		return selected, err
+	},
+	resolve: (*env).resolve,
+}
+
+// resolveCmd replays or discards dead letters of t, each in a transaction
+// of its own: a replay enqueues the message into the outbox in the same
+// transaction that marks the dead letter resolved, so running it twice, or
+// from two terminals, enqueues it once.
+func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) func(context.Context, *env, *flag.FlagSet) error {
+	f := t.filters(fs)
 	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
-	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	return func(ctx context.Context, e *env, fs *flag.FlagSet) error {
 		ids, err := parseIDs(e.args)
 		if err != nil {
 			return err
 		}
 		if len(ids) == 0 && !f.any() {
-			return usageError{"name dead letters by ID or filter (-scope, -reason, -since, -until)"}
+			var names []string
+			fs.VisitAll(func(fl *flag.Flag) {
+				if slices.Contains([]string{"scope", "topic", "reason", "since", "until"}, fl.Name) {
+					names = append(names, "-"+fl.Name)
+				}
+			})
+			return usageError{fmt.Sprintf("name %s by ID or filter (%s)", t.noun, strings.Join(names, ", "))}
 		}
 		*f.all = false
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
 		defer e.close()
-		if err := e.require(ctx, e.deadLetters, e.outboxTable); err != nil {
+		if err := e.require(ctx, t.tables(e)...); err != nil {
 			return err
 		}
-		dls, err := e.listDeadLetters(ctx, f, ids)
+		selected, err := t.list(ctx, e, f, ids)
 		if err != nil {
 			return err
 		}
@@ -600,12 +630,8 @@ func dlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, 
 		if err != nil {
 			return err
 		}
-		selected := make([]int64, len(dls))
-		for i, d := range dls {
-			selected[i] = d.ID
-		}
 		return e.resolveEach(selected, ids, resolution, *dryRun, func(id int64) (bool, error) {
-			return e.resolve(ctx, ob, id, resolution)
+			return t.resolve(e, ctx, ob, id, resolution)
 		})
 	}
 }

@@ -139,17 +139,17 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "dead-letters show":
 		handler = dlShow
 	case "dead-letters replay":
-		handler = dlResolve(fs, "replayed")
+		handler = resolveCmd(fs, consumerDeadLetters, "replayed")
 	case "dead-letters discard":
-		handler = dlResolve(fs, "discarded")
+		handler = resolveCmd(fs, consumerDeadLetters, "discarded")
 	case "outbox-dead-letters list":
 		handler = obdlList(fs)
 	case "outbox-dead-letters show":
 		handler = obdlShow
 	case "outbox-dead-letters replay":
-		handler = obdlResolve(fs, "replayed")
+		handler = resolveCmd(fs, outboxDeadLetters, "replayed")
 	case "outbox-dead-letters discard":
-		handler = obdlResolve(fs, "discarded")
+		handler = resolveCmd(fs, outboxDeadLetters, "discarded")
 	case "prune ":
 		handler = pruneCmd(fs)
 	case "help ", "-h ", "--help ":

@@ -161,47 +161,23 @@ func obdlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	return nil
 }
 
-// obdlResolve replays or discards outbox dead letters, each in a transaction
-// of its own. A replay enqueues the message again with its original message
-// id, so a consumer that did receive an earlier attempt skips it, in the
-// transaction that marks the dead letter resolved: running it twice, or from
-// two terminals, enqueues it once. Its shard is computed with -shards, which
-// must match the writers' outbox.Config.Shards.
-func obdlResolve(fs *flag.FlagSet, resolution string) func(context.Context, *env, *flag.FlagSet) error {
-	f := addOutboxFilters(fs)
-	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
-	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
-		ids, err := parseIDs(e.args)
-		if err != nil {
-			return err
-		}
-		if len(ids) == 0 && !f.any() {
-			return usageError{"name outbox dead letters by ID or filter (-topic, -reason, -since, -until)"}
-		}
-		*f.all = false
-		if err := e.connect(ctx); err != nil {
-			return err
-		}
-		defer e.close()
-		if err := e.require(ctx, e.outboxTable, e.outboxTable+"_dead_letters"); err != nil {
-			return err
-		}
+// outboxDeadLetters replays re-enqueue each message with its original
+// message id, so a consumer that did receive an earlier attempt skips it.
+// The shard is computed with -shards, which must match the writers'
+// outbox.Config.Shards.
+var outboxDeadLetters = deadLetterTable{
+	noun:    "outbox dead letters",
+	filters: addOutboxFilters,
+	tables:  func(e *env) []string { return []string{e.outboxTable, e.outboxTable + "_dead_letters"} },
+	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
 		dls, err := e.listOutboxDeadLetters(ctx, f, ids)
-		if err != nil {
-			return err
-		}
-		ob, err := outbox.New(e.outboxConfig())
-		if err != nil {
-			return err
-		}
 		selected := make([]int64, len(dls))
 		for i, d := range dls {
 			selected[i] = d.ID
 		}
-		return e.resolveEach(selected, ids, resolution, *dryRun, func(id int64) (bool, error) {
-			return e.resolveOutbox(ctx, ob, id, resolution)
-		})
-	}
+		return selected, err
+	},
+	resolve: (*env).resolveOutbox,
 }
 
 func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
