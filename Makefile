@@ -5,7 +5,8 @@ SHELL := /bin/bash
 # Where the tests find the services; `make services` starts them on these addresses.
 DATABASE_URL ?= postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=disable
 KAFKA_BROKERS ?= 127.0.0.1:9092
-export DATABASE_URL KAFKA_BROKERS
+KAFKA_SASL_BROKERS ?= 127.0.0.1:9094
+export DATABASE_URL KAFKA_BROKERS KAFKA_SASL_BROKERS
 
 GO ?= go
 # -p 1: some tests restart Postgres or Kafka, so packages must not run at once.

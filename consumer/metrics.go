@@ -96,7 +96,8 @@ const inboxReadTimeout = time.Second
 
 // observeInbox reports the age of the scope's oldest token at every
 // collection until the registration is unregistered. When the read fails
-// the last known oldest token's age is reported.
+// the last known oldest token's age is reported, and the error returned
+// (the SDK hands it to otel.Handle and keeps the other metrics).
 func (m *metrics) observeInbox(store *inbox.Store, group string) (metric.Registration, error) {
 	attrs := metric.WithAttributes(attribute.String("scope", store.Config().Scope), attribute.String("group", group))
 	var (
@@ -113,15 +114,14 @@ func (m *metrics) observeInbox(store *inbox.Store, group string) (metric.Registr
 		if err == nil {
 			known, oldest = true, t
 		}
-		if !known {
-			return nil
+		if known {
+			age := 0.0
+			if !oldest.IsZero() {
+				age = time.Since(oldest).Seconds()
+			}
+			o.ObserveFloat64(m.inboxOldest, age, attrs)
 		}
-		age := 0.0
-		if !oldest.IsZero() {
-			age = time.Since(oldest).Seconds()
-		}
-		o.ObserveFloat64(m.inboxOldest, age, attrs)
-		return nil
+		return err
 	}, m.inboxOldest)
 }
 

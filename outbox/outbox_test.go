@@ -263,12 +263,18 @@ func TestPollingWithoutListen(t *testing.T) {
 // rows; its second row comes after them. Kafka refuses the record batch
 // holding the first row, so the second must not be published before it:
 // were the write split by kafka-go (at 1 MiB), the second row would travel
-// in a later batch that Kafka accepts.
+// in a later batch that Kafka accepts. The same holds for key j, whose
+// second row goes to another topic (another record batch) than its first.
 func TestOrderWhenAWriteIsRefused(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
 	topic := kafkatest.Topic(t, 1, kafka.ConfigEntry{ConfigName: "max.message.bytes", ConfigValue: "100000"})
-	msgs := []outbox.Message{{Topic: topic, Key: []byte("k"), Value: []byte("k-1")}, {Topic: topic, Key: []byte("x"), Value: make([]byte, 200_000)}}
+	msgs := []outbox.Message{
+		{Topic: topic, Key: []byte("j"), Value: make([]byte, 150_000)}, // refused: too large for topic
+		{Topic: b.topic, Key: []byte("j"), Value: []byte("j-2")},
+		{Topic: topic, Key: []byte("k"), Value: []byte("k-1")},
+		{Topic: topic, Key: []byte("x"), Value: make([]byte, 200_000)},
+	}
 	for i := range 10 {
 		msgs = append(msgs, outbox.Message{Topic: topic, Key: []byte{'f', byte('0' + i)}, Value: make([]byte, 90_000)})
 	}
@@ -281,6 +287,7 @@ func TestOrderWhenAWriteIsRefused(t *testing.T) {
 	cfg := b.relay
 	cfg.Outbox.Shards = 1
 	cfg.MaxAttempts = 1
+	cfg.KeepPublished = time.Hour // rows keep when they were published
 	startRelay(t, b.pool, cfg)
 	got := kafkatest.ReadAll(t, topic, 1, 12, 60*time.Second)
 	var k []string
@@ -291,6 +298,16 @@ func TestOrderWhenAWriteIsRefused(t *testing.T) {
 	}
 	if strings.Join(k, ",") != "k-1,k-2" {
 		t.Fatalf("key k published as %v, want k-1 then k-2", k)
+	}
+	// j's first row is refused and dead-lettered; only then may j-2 go.
+	waitPublished(t, b)
+	var deadAt, publishedAt time.Time
+	if err := b.pool.QueryRow(context.Background(), "SELECT (SELECT dead_at FROM "+pgx.Identifier{b.schema, "outbox_dead_letters"}.Sanitize()+
+		" WHERE key = 'j'), (SELECT published_at FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" WHERE key = 'j')").Scan(&deadAt, &publishedAt); err != nil {
+		t.Fatalf("j's rows: %v", err)
+	}
+	if !publishedAt.After(deadAt) {
+		t.Fatalf("j-2 published at %v, before j's first row was given up at %v", publishedAt, deadAt)
 	}
 }
 
@@ -441,6 +458,11 @@ func TestUnsafeWriterRefused(t *testing.T) {
 	cfg.Brokers = nil
 	if _, err := outbox.NewRelay(b.pool, cfg); err == nil {
 		t.Error("NewRelay without brokers or writer succeeded")
+	}
+	cfg = b.relay
+	cfg.Writer, cfg.Transport = outbox.NewWriter(kafkatest.Brokers()...), &kafka.Transport{}
+	if _, err := outbox.NewRelay(b.pool, cfg); err == nil || !strings.Contains(err.Error(), "RelayConfig.Transport") {
+		t.Errorf("NewRelay with both Writer and Transport: %v", err)
 	}
 	cfg = b.relay
 	cfg.Outbox.Schema = "never_migrated"

@@ -67,7 +67,8 @@ type RelayConfig struct {
 	// refused and the relay falls back to one row per write.
 	Writer *kafka.Writer
 	// Transport connects the writers the relay builds from Brokers (TLS,
-	// SASL). Defaults to a plain kafka.Transport. Ignored with Writer.
+	// SASL). Defaults to a plain kafka.Transport of the relay's own, closed
+	// when Run returns; one given here is left open. Not with Writer.
 	Transport *kafka.Transport
 	// BatchSize is the most rows published per round per shard.
 	// Defaults to 500.
@@ -145,6 +146,9 @@ func (c RelayConfig) validate() error {
 	var errs []error
 	if c.Writer == nil && len(c.Brokers) == 0 {
 		errs = append(errs, errors.New("outbox: RelayConfig.Brokers: required when Writer is nil"))
+	}
+	if c.Writer != nil && c.Transport != nil {
+		errs = append(errs, errors.New("outbox: RelayConfig.Transport: set it on the Writer instead (Transport is for the writers the relay builds from Brokers)"))
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxEnqueue {
 		errs = append(errs, fmt.Errorf("outbox: RelayConfig.BatchSize: %d is not in 1..%d", c.BatchSize, MaxEnqueue))
@@ -328,8 +332,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	r.pubs = make([]publisher, r.cfg.Outbox.Shards)
 	if r.ownW {
-		transport := r.cfg.Transport
-		if transport == nil {
+		transport, ownT := r.cfg.Transport, r.cfg.Transport == nil
+		if ownT {
 			transport = &kafka.Transport{}
 		}
 		for i := range r.pubs {
@@ -342,9 +346,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			for _, p := range r.pubs {
 				_ = p.w.Close()
 			}
-			// Close leaves the transport's connections (and their
-			// goroutines) open.
-			transport.CloseIdleConnections()
+			if ownT {
+				// Close leaves the transport's connections (and their
+				// goroutines) open.
+				transport.CloseIdleConnections()
+			}
 		}()
 	} else {
 		mu := &sync.Mutex{}
@@ -877,8 +883,10 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 // sends a partition's messages of one write as one record batch only up to
 // the writer's BatchSize messages and BatchBytes bytes, and splits beyond.
 // The parts of a split write succeed or fail on their own, so a key's later
-// row could be published while its earlier row failed. The first message
-// always fits (one too large for the writer is rejected on its own).
+// row could be published while its earlier row failed. For the same reason a
+// write ends before a key's row for another topic than the key's earlier
+// rows in it (each topic's partition is a batch of its own). The first
+// message always fits (one too large for the writer is rejected on its own).
 func (p publisher) fit(msgs []kafka.Message) int {
 	maxMsgs, maxBytes := p.w.BatchSize, p.w.BatchBytes
 	if maxMsgs <= 0 {
@@ -889,6 +897,7 @@ func (p publisher) fit(msgs []kafka.Message) int {
 	}
 	var n int
 	var bytes int64
+	topicOf := map[string]string{} // key -> topic of its rows in this write
 	for ; n < len(msgs); n++ {
 		m := &msgs[n]
 		size := int64(32 + len(m.Key) + len(m.Value)) // at least kafka-go's estimate
@@ -898,6 +907,10 @@ func (p publisher) fit(msgs []kafka.Message) int {
 		if n > 0 && (n >= maxMsgs || bytes+size > maxBytes) {
 			break
 		}
+		if t, seen := topicOf[string(m.Key)]; seen && t != m.Topic {
+			break
+		}
+		topicOf[string(m.Key)] = m.Topic
 		bytes += size
 	}
 	return n

@@ -484,6 +484,7 @@ func TestStatusOverSASL(t *testing.T) {
 	b.produce(t, 10, 13) // three messages of lag
 	args := []string{"status", "-schema", b.schema, "-brokers", strings.Join(kafkatest.SASLBrokers(), ","), "-group", b.cfg.GroupID,
 		"-kafka-sasl", "plain", "-kafka-user", kafkatest.SASLUser}
+	t.Setenv("KAFKA_SASL_PASSWORD", "")
 	if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "KAFKA_SASL_PASSWORD") {
 		t.Fatalf("without a password: exit %d, %q", code, errOut)
 	}

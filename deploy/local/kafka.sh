@@ -274,6 +274,14 @@ wait_ready() {
 do_start() {
 	local pid
 	if pid="$(running_pid)"; then
+		if port_open "$PORT" && ! port_open "$SASL_PORT"; then
+			# Started by an older version of this script, without the SASL
+			# listener the tests need: the config is rewritten on start.
+			log "running (pid $pid) without the SASL listener on $HOST:$SASL_PORT: restarting it"
+			do_stop
+			do_start
+			return
+		fi
 		if port_open "$PORT"; then
 			log "already running (pid $pid) on $BOOTSTRAP; log: $SERVER_LOG"
 			return 0

@@ -11,10 +11,12 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KAFKA_PORT="${EXACTLY_KAFKA_PORT:-9092}"
+KAFKA_SASL_PORT="${EXACTLY_KAFKA_SASL_PORT:-9094}"
 
 print_env() {
 	echo "export DATABASE_URL='$("$HERE/postgres.sh" dsn)'"
 	echo "export KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT'"
+	echo "export KAFKA_SASL_BROKERS='127.0.0.1:$KAFKA_SASL_PORT'"
 }
 
 case "${1:-}" in

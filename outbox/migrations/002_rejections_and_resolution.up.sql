@@ -19,3 +19,6 @@ UPDATE {{.DeadLetters}} SET rejections = attempts;
 ALTER TABLE {{.DeadLetters}}
 	ADD COLUMN resolved_at timestamptz,
 	ADD COLUMN resolution text CHECK (resolution IN ('replayed', 'discarded'));
+
+-- Back to the default for whatever the same migration run applies next.
+SET LOCAL lock_timeout TO DEFAULT;
