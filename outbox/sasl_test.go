@@ -22,6 +22,7 @@ func TestSASL(t *testing.T) {
 	cfg := b.relay
 	cfg.Brokers = kafkatest.SASLBrokers()
 	cfg.Transport = &kafka.Transport{SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: kafkatest.SASLPassword}}
+	t.Cleanup(cfg.Transport.CloseIdleConnections) // the relay leaves a given transport open
 	startRelay(t, b.pool, cfg)
 	enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("over SASL")})
 	if got := kafkatest.ReadAll(t, b.topic, 2, 1, 30*time.Second); string(got[0].Value) != "over SASL" {
@@ -29,6 +30,7 @@ func TestSASL(t *testing.T) {
 	}
 
 	cfg.Transport = &kafka.Transport{SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: "wrong"}}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
 	r, err := outbox.NewRelay(b.pool, cfg)
 	if err != nil {
 		t.Fatal(err)
