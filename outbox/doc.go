@@ -35,6 +35,13 @@
 // which orders them. Keys map to shards and each shard has one relay, so
 // this order is the order in the Kafka partition.
 //
+// Order also holds when Kafka refuses part of a write. Kafka accepts or
+// refuses a record batch whole, so each write of a shard is sized to go out
+// as one record batch per partition (at most the writer's BatchSize and
+// BatchBytes), ends before a key's row for another topic than the key's
+// earlier rows in it, and has its writer to itself. A refused row blocks
+// its key; rows of the key behind it wait.
+//
 // A long-running writing transaction anywhere in the cluster holds
 // pg_snapshot_xmin back: rows committed after it started wait until it
 // ends (the relay then polls every 10×LingerPoll rather than sleeping).
