@@ -44,7 +44,7 @@
 // # Batches
 //
 // [Store.ClaimBatch] claims a whole batch in one round trip (arrays and
-// unnest). Measured on a 2-core machine, batches of 1000 claim 46× more
+// unnest). Measured on a 2-core machine, batches of 1000 claim 55× more
 // tokens per second than one transaction per token (make bench-inbox,
 // docs/benchmarks.md).
 //
