@@ -622,6 +622,11 @@ func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) func(con
 		if err := e.require(ctx, t.tables(e)...); err != nil {
 			return err
 		}
+		if resolution == "replayed" {
+			if err := e.checkShards(ctx); err != nil {
+				return err
+			}
+		}
 		selected, err := t.list(ctx, e, f, ids)
 		if err != nil {
 			return err
@@ -713,6 +718,20 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		return err
 	})
 	return found, err
+}
+
+// checkShards refuses a -shards smaller than the writers' outbox.Config.Shards,
+// as far as the rows in the outbox tell: a replay would put a key in another
+// shard than its other rows.
+func (e *env) checkShards(ctx context.Context) error {
+	var highest int
+	if err := e.pool.QueryRow(ctx, e.sql["max_shard"]).Scan(&highest); err != nil {
+		return err
+	}
+	if highest >= e.shards {
+		return fmt.Errorf("the outbox holds rows in shard %d, but -shards is %d: pass -shards as the writers' outbox.Config.Shards", highest, e.shards)
+	}
+	return nil
 }
 
 // lockReplays serializes replays and discards into the outbox table, for

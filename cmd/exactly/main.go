@@ -258,6 +258,7 @@ func (e *env) connect(ctx context.Context) error {
 	e.pool = pool
 	e.sql, err = sqltmpl.RenderDir(queryFS, "sql", map[string]string{
 		"DeadLetters":       pgx.Identifier{e.schema, e.deadLetters}.Sanitize(),
+		"Outbox":            pgx.Identifier{e.schema, e.outboxTable}.Sanitize(),
 		"OutboxDeadLetters": pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize(),
 	})
 	return err

@@ -214,6 +214,26 @@ func TestDeadLetterReplayOnce(t *testing.T) {
 		}
 	}
 
+	// Writers with 16 shards left a row in shard 4 or above: a replay with
+	// the default -shards 4 would shard keys differently, and is refused.
+	wide, err := outbox.New(outbox.Config{Schema: b.schema, Shards: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := 0
+	for (outbox.Config{Shards: 16}).ShardOf([]byte(strconv.Itoa(key)), "") < 4 {
+		key++
+	}
+	if _, err := wide.Enqueue(context.Background(), b.pool, outbox.Message{Topic: b.topic, Key: []byte(strconv.Itoa(key))}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := cli(t, "dead-letters", "replay", "-schema", b.schema, strconv.FormatInt(list[0].ID, 10)); code != exitFailure || !strings.Contains(errOut, "pass -shards") {
+		t.Fatalf("replay with -shards below the writers': exit %d, %q", code, errOut)
+	}
+	if _, err := b.pool.Exec(context.Background(), "DELETE FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+
 	// Discard order-7; replay order-3 from two terminals at once, then once
 	// more.
 	var res map[string]any
