@@ -18,6 +18,7 @@ import (
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/proctest"
+	"github.com/exactlyhq/exactly/internal/runtest"
 )
 
 func TestMain(m *testing.M) {
@@ -104,27 +105,7 @@ func insertEffect(table string) consumer.HandlerFunc {
 // waits for Run to return and fails the test on a Run error.
 func start(t *testing.T, c *consumer.Consumer) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Error("Run did not return within 60s of cancel")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return runtest.Background(t, "consumer", 60*time.Second, c.Run)
 }
 
 // msgs returns n messages with keys key-0..key-(keys-1) in round robin and a

@@ -13,6 +13,7 @@ import (
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/proctest"
+	"github.com/exactlyhq/exactly/internal/runtest"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -83,27 +84,7 @@ func startRelay(t *testing.T, pool *pgxpool.Pool, cfg outbox.RelayConfig) (stop 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("relay Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("relay did not stop within 30s")
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return runtest.Background(t, "relay", 30*time.Second, r.Run)
 }
 
 func enqueue(t *testing.T, b bundle, msgs ...outbox.Message) []string {

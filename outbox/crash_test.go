@@ -22,6 +22,7 @@ import (
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/proctest"
+	"github.com/exactlyhq/exactly/internal/runtest"
 	"github.com/exactlyhq/exactly/internal/testhook"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -166,15 +167,7 @@ func downstream(t *testing.T, b bundle) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("downstream consumer: %v", err)
-		}
-	})
+	runtest.Background(t, "downstream consumer", 60*time.Second, c.Run)
 	return effects
 }
 

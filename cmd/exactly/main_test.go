@@ -21,6 +21,7 @@ import (
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/runtest"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -138,9 +139,7 @@ func (b *bundle) consume(t *testing.T, want int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	stop := runtest.Background(t, "consumer", 60*time.Second, c.Run)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		offs, _ := kafkatest.Committed(context.Background(), b.cfg.GroupID, b.topic, 1)
@@ -152,10 +151,7 @@ func (b *bundle) consume(t *testing.T, want int64) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
 
 func (b *bundle) produce(t *testing.T, from, to int) {
@@ -261,18 +257,9 @@ func TestDeadLetterReplayOnce(t *testing.T) {
 	// The fix is deployed; the relay publishes the replay; the consumer
 	// applies it once.
 	b.poison.Store(map[string]bool{})
-	relay, err := outbox.NewRelay(b.pool, outbox.RelayConfig{Outbox: outbox.Config{Schema: b.schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(ctx) }()
+	stop := runRelay(t, b.pool, outbox.RelayConfig{Outbox: outbox.Config{Schema: b.schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond})
 	b.consume(t, 11)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if n := b.effectCount(t, "order-3"); n != 1 {
 		t.Fatalf("order-3 applied %d times after replay, want 1", n)
 	}
@@ -412,22 +399,7 @@ func runRelay(t *testing.T, pool *pgxpool.Pool, cfg outbox.RelayConfig) (stop fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once bool
-	stop = func() {
-		if once {
-			return
-		}
-		once = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
+	return runtest.Background(t, "relay", 30*time.Second, r.Run)
 }
 
 func TestStatusAndPrune(t *testing.T) {
