@@ -897,7 +897,7 @@ func (p publisher) fit(msgs []kafka.Message) int {
 	}
 	var n int
 	var bytes int64
-	topicOf := map[string]string{} // key -> topic of its rows in this write
+	var topicOf map[string]string // key -> topic of its rows so far, once a write has two topics
 	for ; n < len(msgs); n++ {
 		m := &msgs[n]
 		size := int64(32 + len(m.Key) + len(m.Value)) // at least kafka-go's estimate
@@ -907,10 +907,18 @@ func (p publisher) fit(msgs []kafka.Message) int {
 		if n > 0 && (n >= maxMsgs || bytes+size > maxBytes) {
 			break
 		}
-		if t, seen := topicOf[string(m.Key)]; seen && t != m.Topic {
-			break
+		if topicOf == nil && m.Topic != msgs[0].Topic {
+			topicOf = make(map[string]string, n)
+			for _, p := range msgs[:n] {
+				topicOf[string(p.Key)] = p.Topic
+			}
 		}
-		topicOf[string(m.Key)] = m.Topic
+		if topicOf != nil {
+			if t, seen := topicOf[string(m.Key)]; seen && t != m.Topic {
+				break
+			}
+			topicOf[string(m.Key)] = m.Topic
+		}
 		bytes += size
 	}
 	return n
