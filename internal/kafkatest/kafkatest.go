@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,23 +144,61 @@ func Writer(tb testing.TB, topic string) *kafka.Writer {
 	return w
 }
 
-// Produce writes msgs to topic and fails the test on error.
+// Produce writes msgs to w's topic and fails the test on an error that
+// retrying cannot fix. A transient failure (a broker that just restarted, a
+// leader election) is logged and the failed messages are written again until
+// 60 s have passed: kafka-go's Writer does not retry a plain io.EOF from a
+// connection the broker closed (segmentio/kafka-go#1352). A message that
+// failed may still have been written, so after an outage a test must
+// tolerate duplicates, as a consumer must.
 func Produce(tb testing.TB, w *kafka.Writer, msgs ...kafka.Message) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for len(msgs) > 0 {
 		n := min(len(msgs), 5000)
-		err := w.WriteMessages(ctx, msgs[:n]...)
-		var werrs kafka.WriteErrors
-		if errors.As(err, &werrs) {
-			tb.Fatalf("kafkatest: produce: %d of %d failed: %v", werrs.Count(), n, err)
+		failed, err := write(ctx, w, msgs[:n])
+		switch {
+		case err == nil:
+			msgs = msgs[n:]
+		case transient(err) && ctx.Err() == nil:
+			tb.Logf("kafkatest: produce: %d of %d failed, writing them again: %v", len(failed), n, err)
+			time.Sleep(100 * time.Millisecond)
+			msgs = append(failed, msgs[n:]...)
+		default:
+			tb.Fatalf("kafkatest: produce: %d of %d failed: %v", len(failed), n, err)
 		}
-		if err != nil {
-			tb.Fatalf("kafkatest: produce: %v", err)
-		}
-		msgs = msgs[n:]
 	}
+}
+
+// write writes msgs and returns the ones that failed with the first error.
+func write(ctx context.Context, w *kafka.Writer, msgs []kafka.Message) ([]kafka.Message, error) {
+	err := w.WriteMessages(ctx, msgs...)
+	var werrs kafka.WriteErrors
+	switch {
+	case err == nil:
+		return nil, nil
+	case !errors.As(err, &werrs) || len(werrs) != len(msgs):
+		return msgs, err
+	}
+	var failed []kafka.Message
+	var first error
+	for i, e := range werrs {
+		if e != nil {
+			failed = append(failed, msgs[i])
+			first = cmp.Or(first, e)
+		}
+	}
+	return failed, first
+}
+
+// transient reports whether retrying a write that failed with err may
+// succeed.
+func transient(err error) bool {
+	var temporary interface{ Temporary() bool }
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		(errors.As(err, &temporary) && temporary.Temporary())
 }
 
 // Committed returns the group's committed offsets of topic by partition
