@@ -6,7 +6,8 @@
 // to files in a log directory it names), and runs loadgen for -duration:
 // double clicks, client retries after timeouts and re-produced Kafka
 // messages. Meanwhile, every 5 to 10 seconds, it SIGKILLs a payments-worker,
-// the shipping-worker or the relay and restarts it a second later. Then it
+// the shipping-worker or the relay (each in turn, in a random order every
+// round) and restarts it a second later. Then it
 // waits for the pipeline to drain, runs verify, stops everything (SIGTERM,
 // then SIGKILL after a timeout) and prints a summary.
 //
@@ -25,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -309,8 +311,9 @@ func (d *demo) elapsed() string {
 }
 
 // chaos SIGKILLs a victim every killMin..killMax until the load is done.
-// The victim is a payments-worker, the shipping-worker or the relay, each
-// kind equally likely.
+// The victims' kinds (payments-worker, shipping-worker, relay) are killed in
+// rounds, each round every kind once in a random order, so that even a short
+// demo kills each kind; within a kind the instance is random.
 func (d *demo) chaos(ctx context.Context, loadDone <-chan struct{}, victims []*proc) {
 	kinds := map[string][]*proc{}
 	var names []string
@@ -321,6 +324,7 @@ func (d *demo) chaos(ctx context.Context, loadDone <-chan struct{}, victims []*p
 		}
 		kinds[kind] = append(kinds[kind], p)
 	}
+	var round []string
 	for {
 		wait := d.opts.killMin + rand.N(d.opts.killMax-d.opts.killMin+1)
 		select {
@@ -330,7 +334,12 @@ func (d *demo) chaos(ctx context.Context, loadDone <-chan struct{}, victims []*p
 			return
 		case <-time.After(wait):
 		}
-		group := kinds[names[rand.IntN(len(names))]]
+		if len(round) == 0 {
+			round = slices.Clone(names)
+			rand.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+		}
+		group := kinds[round[0]]
+		round = round[1:]
 		p := group[rand.IntN(len(group))]
 		pid := p.pid()
 		p.kill()
