@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"context"
+	"crypto/tls"
 	"strings"
 	"testing"
 	"time"
@@ -13,31 +14,55 @@ import (
 	"github.com/exactlyhq/exactly/outbox"
 )
 
-// TestSASL: through the broker's SASL listener, a relay given a Transport
-// with the right credentials publishes; with a wrong password Run fails at
-// once, naming the authentication failure.
+// TestSASL: through the broker's SASL listeners, plaintext and TLS, a relay
+// given a Transport with the right credentials (and over TLS the broker's
+// CA) publishes; with a wrong password Run fails at once, naming the
+// authentication failure, and over TLS without the CA it fails at once,
+// naming the certificate.
 func TestSASL(t *testing.T) {
 	t.Parallel()
-	b := setup(t, 2)
-	cfg := b.relay
-	cfg.Brokers = kafkatest.SASLBrokers()
-	cfg.Transport = &kafka.Transport{SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: kafkatest.SASLPassword}}
-	t.Cleanup(cfg.Transport.CloseIdleConnections) // the relay leaves a given transport open
-	startRelay(t, b.pool, cfg)
-	enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("over SASL")})
-	if got := kafkatest.ReadAll(t, b.topic, 2, 1, 30*time.Second); string(got[0].Value) != "over SASL" {
-		t.Fatalf("published %q", got[0].Value)
-	}
+	for _, l := range []struct {
+		name    string
+		brokers []string
+		tls     *tls.Config
+	}{
+		{"plaintext", kafkatest.SASLBrokers(), nil},
+		{"tls", kafkatest.TLSBrokers(), kafkatest.TLSConfig(t)},
+	} {
+		t.Run(l.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, 2)
+			cfg := b.relay
+			cfg.Brokers = l.brokers
+			transport := func(password string, tlsCfg *tls.Config) *kafka.Transport {
+				tr := &kafka.Transport{TLS: tlsCfg, SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: password}}
+				t.Cleanup(tr.CloseIdleConnections) // the relay leaves a given transport open
+				return tr
+			}
+			cfg.Transport = transport(kafkatest.SASLPassword, l.tls)
+			startRelay(t, b.pool, cfg)
+			enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("over " + l.name)})
+			if got := kafkatest.ReadAll(t, b.topic, 2, 1, 30*time.Second); string(got[0].Value) != "over "+l.name {
+				t.Fatalf("published %q", got[0].Value)
+			}
 
-	cfg.Transport = &kafka.Transport{SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: "wrong"}}
-	t.Cleanup(cfg.Transport.CloseIdleConnections)
-	r, err := outbox.NewRelay(b.pool, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.Run(ctx); err == nil || !strings.Contains(err.Error(), "SASL Authentication Failed") {
-		t.Fatalf("Run with a wrong SASL password: %v", err)
+			refused := func(tr *kafka.Transport, want string) {
+				t.Helper()
+				cfg.Transport = tr
+				r, err := outbox.NewRelay(b.pool, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := r.Run(ctx); err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("Run: %v, want an error containing %q", err, want)
+				}
+			}
+			refused(transport("wrong", l.tls), "SASL Authentication Failed")
+			if l.tls != nil {
+				refused(transport(kafkatest.SASLPassword, &tls.Config{MinVersion: tls.VersionTLS12}), "certificate signed by unknown authority")
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -466,28 +467,47 @@ func TestReplayID(t *testing.T) {
 }
 
 // TestStatusOverSASL: status reads consumer lag through the broker's SASL
-// listener with -kafka-sasl and the password from $KAFKA_SASL_PASSWORD; a
-// wrong password is reported, a missing one refused. Not parallel: it sets
-// the environment.
+// listeners, plaintext and TLS (-kafka-ca), with -kafka-sasl and the password
+// from $KAFKA_SASL_PASSWORD; a wrong password is reported, a missing one
+// refused, a broker certificate of an untrusted CA reported. Not parallel: it
+// sets the environment.
 func TestStatusOverSASL(t *testing.T) {
 	b := setup(t)
 	b.produce(t, 0, 10)
 	b.consume(t, 10)
 	b.produce(t, 10, 13) // three messages of lag
-	args := []string{"status", "-schema", b.schema, "-brokers", strings.Join(kafkatest.SASLBrokers(), ","), "-group", b.cfg.GroupID,
-		"-kafka-sasl", "plain", "-kafka-user", kafkatest.SASLUser}
-	t.Setenv("KAFKA_SASL_PASSWORD", "")
-	if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "KAFKA_SASL_PASSWORD") {
-		t.Fatalf("without a password: exit %d, %q", code, errOut)
-	}
-	t.Setenv("KAFKA_SASL_PASSWORD", kafkatest.SASLPassword)
-	var st status
-	cliJSON(t, &st, append(args, "-json")...)
-	if len(st.Lag) != 1 || st.Lag[0].Lag != 3 || st.Lag[0].Committed != 10 {
-		t.Fatalf("lag over SASL %+v (error %q), want 3 behind 10", st.Lag, st.LagError)
-	}
-	t.Setenv("KAFKA_SASL_PASSWORD", "wrong")
-	if code, _, errOut := cli(t, args...); code != exitFailure || !strings.Contains(errOut, "SASL Authentication Failed") {
-		t.Fatalf("wrong password: exit %d, %q", code, errOut)
+	for _, l := range []struct {
+		name    string
+		brokers []string
+		tls     []string
+	}{
+		{"plaintext", kafkatest.SASLBrokers(), nil},
+		{"tls", kafkatest.TLSBrokers(), []string{"-kafka-ca", kafkatest.TLSCAFile(t)}},
+	} {
+		t.Run(l.name, func(t *testing.T) {
+			base := []string{"status", "-schema", b.schema, "-brokers", strings.Join(l.brokers, ","), "-group", b.cfg.GroupID,
+				"-kafka-sasl", "plain", "-kafka-user", kafkatest.SASLUser}
+			args := append(slices.Clone(base), l.tls...)
+			t.Setenv("KAFKA_SASL_PASSWORD", "")
+			if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "KAFKA_SASL_PASSWORD") {
+				t.Fatalf("without a password: exit %d, %q", code, errOut)
+			}
+			t.Setenv("KAFKA_SASL_PASSWORD", kafkatest.SASLPassword)
+			var st status
+			cliJSON(t, &st, append(args, "-json")...)
+			if len(st.Lag) != 1 || st.Lag[0].Lag != 3 || st.Lag[0].Committed != 10 {
+				t.Fatalf("lag %+v (error %q), want 3 behind 10", st.Lag, st.LagError)
+			}
+			if l.tls != nil {
+				// -kafka-tls alone trusts the system roots only.
+				if code, _, errOut := cli(t, append(base, "-kafka-tls")...); code != exitFailure || !strings.Contains(errOut, "certificate signed by unknown authority") {
+					t.Fatalf("without the CA: exit %d, %q", code, errOut)
+				}
+			}
+			t.Setenv("KAFKA_SASL_PASSWORD", "wrong")
+			if code, _, errOut := cli(t, args...); code != exitFailure || !strings.Contains(errOut, "SASL Authentication Failed") {
+				t.Fatalf("wrong password: exit %d, %q", code, errOut)
+			}
+		})
 	}
 }

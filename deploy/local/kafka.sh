@@ -16,6 +16,9 @@
 #   EXACTLY_KAFKA_CONTROLLER_PORT default 9093
 #   EXACTLY_KAFKA_SASL_PORT      SASL_PLAINTEXT port, default 9094: mechanism PLAIN, user "exactly",
 #                                password "exactly-secret" (a local test fixture, never a real secret)
+#   EXACTLY_KAFKA_TLS_PORT       SASL_SSL port, default 9095: the same user, TLS with a certificate
+#                                from a throwaway CA (deploy/local/tls.sh; clients trust
+#                                <state>/kafka/tls/ca.pem)
 #   EXACTLY_KAFKA_HEAP           default "-Xms512m -Xmx1g"
 #   EXACTLY_KAFKA_READY_TIMEOUT  seconds to wait for readiness, default 90
 #   EXACTLY_KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM, default 30
@@ -33,6 +36,7 @@ DATA="$STATE/data"
 LOGS="$STATE/logs"
 PIDFILE="$STATE/kafka.pid"
 CONF="$STATE/server.properties"
+TLS_DIR="$STATE/tls"
 LOG4J="$STATE/log4j2.properties"
 TOOLS_LOG4J="$STATE/tools-log4j2.properties"
 SERVER_LOG="$LOGS/server.log"
@@ -42,6 +46,7 @@ HOST=127.0.0.1
 PORT="${EXACTLY_KAFKA_PORT:-9092}"
 CPORT="${EXACTLY_KAFKA_CONTROLLER_PORT:-9093}"
 SASL_PORT="${EXACTLY_KAFKA_SASL_PORT:-9094}"
+TLS_PORT="${EXACTLY_KAFKA_TLS_PORT:-9095}"
 BOOTSTRAP="$HOST:$PORT"
 HEAP="${EXACTLY_KAFKA_HEAP:--Xms512m -Xmx1g}"
 READY_TIMEOUT="${EXACTLY_KAFKA_READY_TIMEOUT:-90}"
@@ -96,15 +101,21 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SASL_SSL://$HOST:$TLS_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SASL_SSL://$HOST:$TLS_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 
-# A SASL listener for the tests of TLS/SASL-configured clients (PLAIN, one user).
+# SASL listeners for the tests of TLS/SASL-configured clients (PLAIN, one user), one of them
+# over TLS with the test certificate of deploy/local/tls.sh.
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_exactly="exactly-secret";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_exactly="exactly-secret";
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=exactly-secret
+listener.name.sasl_ssl.ssl.key.password=exactly-secret
 log.dirs=$DATA
 
 num.partitions=1
@@ -274,10 +285,10 @@ wait_ready() {
 do_start() {
 	local pid
 	if pid="$(running_pid)"; then
-		if port_open "$PORT" && ! port_open "$SASL_PORT"; then
+		if port_open "$PORT" && ! { port_open "$SASL_PORT" && port_open "$TLS_PORT"; }; then
 			# Started by an older version of this script, without the SASL
-			# listener the tests need: the config is rewritten on start.
-			log "running (pid $pid) without the SASL listener on $HOST:$SASL_PORT: restarting it"
+			# listeners the tests need: the config is rewritten on start.
+			log "running (pid $pid) without the SASL listeners on $HOST:$SASL_PORT and $HOST:$TLS_PORT: restarting it"
 			do_stop
 			do_start
 			return
@@ -308,8 +319,12 @@ do_start() {
 	if port_open "$SASL_PORT"; then
 		die "SASL port $HOST:$SASL_PORT is in use (pid $(port_owner "$SASL_PORT")); stop it or set EXACTLY_KAFKA_SASL_PORT"
 	fi
+	if port_open "$TLS_PORT"; then
+		die "TLS port $HOST:$TLS_PORT is in use (pid $(port_owner "$TLS_PORT")); stop it or set EXACTLY_KAFKA_TLS_PORT"
+	fi
 
 	ensure_libs
+	sh "$HERE/tls.sh" "$TLS_DIR"
 	write_config
 	ensure_formatted
 

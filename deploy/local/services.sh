@@ -12,11 +12,15 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KAFKA_PORT="${EXACTLY_KAFKA_PORT:-9092}"
 KAFKA_SASL_PORT="${EXACTLY_KAFKA_SASL_PORT:-9094}"
+KAFKA_TLS_PORT="${EXACTLY_KAFKA_TLS_PORT:-9095}"
+STATE_ROOT="${EXACTLY_STATE_DIR:-$(cd "$HERE/../.." && pwd)/.local}"
 
 print_env() {
 	echo "export DATABASE_URL='$("$HERE/postgres.sh" dsn)'"
 	echo "export KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT'"
 	echo "export KAFKA_SASL_BROKERS='127.0.0.1:$KAFKA_SASL_PORT'"
+	echo "export KAFKA_TLS_BROKERS='127.0.0.1:$KAFKA_TLS_PORT'"
+	echo "export KAFKA_TLS_CA='$STATE_ROOT/kafka/tls/ca.pem'"
 }
 
 case "${1:-}" in

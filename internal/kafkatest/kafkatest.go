@@ -4,11 +4,14 @@ package kafkatest
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +21,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/services"
 )
 
 // BrokersDefault is the broker the local services scripts start.
@@ -40,6 +44,41 @@ const (
 // SASLBrokersDefault.
 func SASLBrokers() []string {
 	return strings.Split(cmp.Or(os.Getenv("KAFKA_SASL_BROKERS"), SASLBrokersDefault), ",")
+}
+
+// TLSBrokersDefault is the SASL_SSL listener of the local broker: the SASL
+// user above, over TLS with a certificate of a throwaway CA
+// (deploy/local/tls.sh).
+const TLSBrokersDefault = "127.0.0.1:9095"
+
+// TLSBrokers returns KAFKA_TLS_BROKERS split at commas, or TLSBrokersDefault.
+func TLSBrokers() []string {
+	return strings.Split(cmp.Or(os.Getenv("KAFKA_TLS_BROKERS"), TLSBrokersDefault), ",")
+}
+
+// TLSCAFile returns KAFKA_TLS_CA, or the CA certificate deploy/local/kafka.sh
+// made in the state directory ($EXACTLY_STATE_DIR, default .local in the
+// repository).
+func TLSCAFile(tb testing.TB) string {
+	if f := os.Getenv("KAFKA_TLS_CA"); f != "" {
+		return f
+	}
+	state := cmp.Or(os.Getenv("EXACTLY_STATE_DIR"), filepath.Join(services.RepoRoot(tb), ".local"))
+	return filepath.Join(state, "kafka", "tls", "ca.pem")
+}
+
+// TLSConfig returns a client TLS config that trusts only TLSCAFile.
+func TLSConfig(tb testing.TB) *tls.Config {
+	tb.Helper()
+	pem, err := os.ReadFile(TLSCAFile(tb))
+	if err != nil {
+		tb.Fatalf("kafkatest: the test CA of the TLS listener (make services writes it): %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		tb.Fatalf("kafkatest: no certificate in %s", TLSCAFile(tb))
+	}
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 }
 
 // Topic creates a topic with a random name, the given partitions and topic

@@ -37,7 +37,7 @@ func run(tb testing.TB, env, def string) {
 	dir := ""
 	if command == "" {
 		command = def
-		dir = repoRoot(tb)
+		dir = RepoRoot(tb)
 	}
 	start := time.Now()
 	cmd := exec.Command("bash", "-c", command)
@@ -49,7 +49,9 @@ func run(tb testing.TB, env, def string) {
 	tb.Logf("services: %s took %v", command, time.Since(start).Round(time.Millisecond))
 }
 
-func repoRoot(tb testing.TB) string {
+// RepoRoot returns the root of this repository, found above the working
+// directory.
+func RepoRoot(tb testing.TB) string {
 	dir, err := os.Getwd()
 	if err != nil {
 		tb.Fatal(err)
