@@ -7,7 +7,7 @@ DATABASE_URL ?= postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=disabl
 KAFKA_BROKERS ?= 127.0.0.1:9092
 KAFKA_SASL_BROKERS ?= 127.0.0.1:9094
 KAFKA_TLS_BROKERS ?= 127.0.0.1:9095
-KAFKA_TLS_CA ?= $(or $(EXACTLY_STATE_DIR),$(CURDIR)/.local)/kafka/tls/ca.pem
+KAFKA_TLS_CA ?= $(abspath $(or $(EXACTLY_STATE_DIR),.local))/kafka/tls/ca.pem
 export DATABASE_URL KAFKA_BROKERS KAFKA_SASL_BROKERS KAFKA_TLS_BROKERS KAFKA_TLS_CA
 
 GO ?= go

@@ -13,7 +13,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KAFKA_PORT="${EXACTLY_KAFKA_PORT:-9092}"
 KAFKA_SASL_PORT="${EXACTLY_KAFKA_SASL_PORT:-9094}"
 KAFKA_TLS_PORT="${EXACTLY_KAFKA_TLS_PORT:-9095}"
-STATE_ROOT="${EXACTLY_STATE_DIR:-$(cd "$HERE/../.." && pwd)/.local}"
+STATE_ROOT="$(realpath -m "${EXACTLY_STATE_DIR:-$HERE/../../.local}")"
 
 print_env() {
 	echo "export DATABASE_URL='$("$HERE/postgres.sh" dsn)'"

@@ -63,7 +63,11 @@ func TLSCAFile(tb testing.TB) string {
 	if f := os.Getenv("KAFKA_TLS_CA"); f != "" {
 		return f
 	}
-	state := cmp.Or(os.Getenv("EXACTLY_STATE_DIR"), filepath.Join(services.RepoRoot(tb), ".local"))
+	root := services.RepoRoot(tb)
+	state := cmp.Or(os.Getenv("EXACTLY_STATE_DIR"), ".local")
+	if !filepath.IsAbs(state) {
+		state = filepath.Join(root, state) // make runs the scripts from the root
+	}
 	return filepath.Join(state, "kafka", "tls", "ca.pem")
 }
 
@@ -189,13 +193,15 @@ func Writer(tb testing.TB, topic string) *kafka.Writer {
 // 60 s have passed: kafka-go's Writer does not retry a plain io.EOF from a
 // connection the broker closed (segmentio/kafka-go#1352). A message that
 // failed may still have been written, so after an outage a test must
-// tolerate duplicates, as a consumer must.
+// tolerate duplicates, as a consumer must. Each call writes at most w's
+// BatchSize messages, one record batch per partition that Kafka takes or
+// refuses whole: writing the failed ones again keeps each key's order.
 func Produce(tb testing.TB, w *kafka.Writer, msgs ...kafka.Message) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for len(msgs) > 0 {
-		n := min(len(msgs), 5000)
+		n := min(len(msgs), cmp.Or(w.BatchSize, 100))
 		failed, err := write(ctx, w, msgs[:n])
 		switch {
 		case err == nil:
