@@ -22,15 +22,8 @@ import (
 // naming the certificate.
 func TestSASL(t *testing.T) {
 	t.Parallel()
-	for _, l := range []struct {
-		name    string
-		brokers []string
-		tls     *tls.Config
-	}{
-		{"plaintext", kafkatest.SASLBrokers(), nil},
-		{"tls", kafkatest.TLSBrokers(), kafkatest.TLSConfig(t)},
-	} {
-		t.Run(l.name, func(t *testing.T) {
+	for _, l := range kafkatest.SASLListeners(t) {
+		t.Run(l.Name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, 2)
 			kafkatest.Produce(t, b.writer, msgs("sasl", 100, 5)...)
@@ -39,8 +32,8 @@ func TestSASL(t *testing.T) {
 					SASLMechanism: plain.Mechanism{Username: kafkatest.SASLUser, Password: password}}
 			}
 			cfg := b.cfg
-			cfg.Brokers = l.brokers
-			cfg.Dialer = dialer(kafkatest.SASLPassword, l.tls)
+			cfg.Brokers = l.Brokers
+			cfg.Dialer = dialer(kafkatest.SASLPassword, l.TLS)
 			c, err := consumer.New(cfg, insertEffect(b.effects))
 			if err != nil {
 				t.Fatal(err)
@@ -49,9 +42,9 @@ func TestSASL(t *testing.T) {
 			waitCommitted(t, b, 100)
 			checkEffects(t, b, 100)
 
-			runFails(t, b, l.brokers, dialer("wrong", l.tls), "SASL Authentication Failed")
-			if l.tls != nil {
-				runFails(t, b, l.brokers, dialer(kafkatest.SASLPassword, &tls.Config{MinVersion: tls.VersionTLS12}), "certificate signed by unknown authority")
+			runFails(t, b, l.Brokers, dialer("wrong", l.TLS), "SASL Authentication Failed")
+			if l.TLS != nil {
+				runFails(t, b, l.Brokers, dialer(kafkatest.SASLPassword, &tls.Config{MinVersion: tls.VersionTLS12}), "certificate signed by unknown authority")
 			}
 		})
 	}

@@ -21,28 +21,21 @@ import (
 // naming the certificate.
 func TestSASL(t *testing.T) {
 	t.Parallel()
-	for _, l := range []struct {
-		name    string
-		brokers []string
-		tls     *tls.Config
-	}{
-		{"plaintext", kafkatest.SASLBrokers(), nil},
-		{"tls", kafkatest.TLSBrokers(), kafkatest.TLSConfig(t)},
-	} {
-		t.Run(l.name, func(t *testing.T) {
+	for _, l := range kafkatest.SASLListeners(t) {
+		t.Run(l.Name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, 2)
 			cfg := b.relay
-			cfg.Brokers = l.brokers
+			cfg.Brokers = l.Brokers
 			transport := func(password string, tlsCfg *tls.Config) *kafka.Transport {
 				tr := &kafka.Transport{TLS: tlsCfg, SASL: plain.Mechanism{Username: kafkatest.SASLUser, Password: password}}
 				t.Cleanup(tr.CloseIdleConnections) // the relay leaves a given transport open
 				return tr
 			}
-			cfg.Transport = transport(kafkatest.SASLPassword, l.tls)
+			cfg.Transport = transport(kafkatest.SASLPassword, l.TLS)
 			startRelay(t, b.pool, cfg)
-			enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("over " + l.name)})
-			if got := kafkatest.ReadAll(t, b.topic, 2, 1, 30*time.Second); string(got[0].Value) != "over "+l.name {
+			enqueue(t, b, outbox.Message{Topic: b.topic, Key: []byte("k"), Value: []byte("over " + l.Name)})
+			if got := kafkatest.ReadAll(t, b.topic, 2, 1, 30*time.Second); string(got[0].Value) != "over "+l.Name {
 				t.Fatalf("published %q", got[0].Value)
 			}
 
@@ -59,8 +52,8 @@ func TestSASL(t *testing.T) {
 					t.Fatalf("Run: %v, want an error containing %q", err, want)
 				}
 			}
-			refused(transport("wrong", l.tls), "SASL Authentication Failed")
-			if l.tls != nil {
+			refused(transport("wrong", l.TLS), "SASL Authentication Failed")
+			if l.TLS != nil {
 				refused(transport(kafkatest.SASLPassword, &tls.Config{MinVersion: tls.VersionTLS12}), "certificate signed by unknown authority")
 			}
 		})

@@ -476,18 +476,14 @@ func TestStatusOverSASL(t *testing.T) {
 	b.produce(t, 0, 10)
 	b.consume(t, 10)
 	b.produce(t, 10, 13) // three messages of lag
-	for _, l := range []struct {
-		name    string
-		brokers []string
-		tls     []string
-	}{
-		{"plaintext", kafkatest.SASLBrokers(), nil},
-		{"tls", kafkatest.TLSBrokers(), []string{"-kafka-ca", kafkatest.TLSCAFile(t)}},
-	} {
-		t.Run(l.name, func(t *testing.T) {
-			base := []string{"status", "-schema", b.schema, "-brokers", strings.Join(l.brokers, ","), "-group", b.cfg.GroupID,
+	for _, l := range kafkatest.SASLListeners(t) {
+		t.Run(l.Name, func(t *testing.T) {
+			base := []string{"status", "-schema", b.schema, "-brokers", strings.Join(l.Brokers, ","), "-group", b.cfg.GroupID,
 				"-kafka-sasl", "plain", "-kafka-user", kafkatest.SASLUser}
-			args := append(slices.Clone(base), l.tls...)
+			args := slices.Clone(base)
+			if l.TLS != nil {
+				args = append(args, "-kafka-ca", kafkatest.TLSCAFile(t))
+			}
 			t.Setenv("KAFKA_SASL_PASSWORD", "")
 			if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "KAFKA_SASL_PASSWORD") {
 				t.Fatalf("without a password: exit %d, %q", code, errOut)
@@ -498,7 +494,7 @@ func TestStatusOverSASL(t *testing.T) {
 			if len(st.Lag) != 1 || st.Lag[0].Lag != 3 || st.Lag[0].Committed != 10 {
 				t.Fatalf("lag %+v (error %q), want 3 behind 10", st.Lag, st.LagError)
 			}
-			if l.tls != nil {
+			if l.TLS != nil {
 				// -kafka-tls alone trusts the system roots only.
 				if code, _, errOut := cli(t, append(base, "-kafka-tls")...); code != exitFailure || !strings.Contains(errOut, "certificate signed by unknown authority") {
 					t.Fatalf("without the CA: exit %d, %q", code, errOut)

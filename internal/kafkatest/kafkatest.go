@@ -85,6 +85,21 @@ func TLSConfig(tb testing.TB) *tls.Config {
 	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 }
 
+// Listener is one of the local broker's SASL listeners.
+type Listener struct {
+	Name    string
+	Brokers []string
+	TLS     *tls.Config // trusting TLSCAFile; nil for SASL_PLAINTEXT
+}
+
+// SASLListeners returns the broker's SASL_PLAINTEXT and SASL_SSL listeners.
+func SASLListeners(tb testing.TB) []Listener {
+	return []Listener{
+		{Name: "plaintext", Brokers: SASLBrokers()},
+		{Name: "tls", Brokers: TLSBrokers(), TLS: TLSConfig(tb)},
+	}
+}
+
 // Topic creates a topic with a random name, the given partitions and topic
 // configs, and deletes it when the test ends. It fails the test, with a
 // hint, when no broker answers.
