@@ -21,13 +21,17 @@ VERSION=1 # raise it when the files change: the next start writes them again (a 
           # keeps the certificate it started with: kafka.sh restart)
 
 [ "$(cat "$DIR/.complete" 2>/dev/null)" = "$VERSION" ] && exit 0
-command -v keytool >/dev/null 2>&1 || { echo "[tls] ERROR: keytool (from a JDK or JRE) not found" >&2; exit 1; }
+KEYTOOL="$(command -v keytool || true)"
+if [ -z "$KEYTOOL" ] && command -v java >/dev/null 2>&1; then
+	KEYTOOL="$(dirname "$(readlink -f "$(command -v java)")")/keytool" # beside java, off the PATH
+fi
+[ -x "$KEYTOOL" ] || { echo "[tls] ERROR: keytool (from a JDK or JRE) not found" >&2; exit 1; }
 
 mkdir -p "$DIR"
 tmp="$(mktemp -d "$DIR/.tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-kt() { keytool "$@" -storetype PKCS12 -storepass "$PASS" -keypass "$PASS" 2>"$tmp/keytool.err" || {
+kt() { "$KEYTOOL" "$@" -storetype PKCS12 -storepass "$PASS" -keypass "$PASS" 2>"$tmp/keytool.err" || {
 	cat "$tmp/keytool.err" >&2
 	exit 1
 }; }
