@@ -62,6 +62,7 @@ import (
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/bench/benchkit"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
@@ -763,7 +764,7 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	cpu0, host0 := procCPU(), hostCPU()
+	cpu0, host0 := procCPU(), benchkit.ReadCPU()
 	start := time.Now()
 	go func() { done <- run(runCtx) }()
 
@@ -814,7 +815,7 @@ func (b *bench) measure(ctx context.Context, group, topic string, targets map[in
 	}
 	r.elapsed = time.Since(start)
 	r.goCPU = (procCPU() - cpu0).Seconds() / r.elapsed.Seconds()
-	r.hostBusy = hostCPU().busySince(host0)
+	r.hostBusy = host0.BusySince()
 	r.peakRSS = max(peak.Load(), procStatus("VmHWM"))
 	cancel()
 	select {
@@ -1109,37 +1110,6 @@ func procCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-type hostTimes struct{ busy, total int64 }
-
-// hostCPU reads the machine's CPU time from /proc/stat.
-func hostCPU() hostTimes {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return hostTimes{}
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	fields := strings.Fields(line)
-	var t hostTimes
-	for i, f := range fields[1:] {
-		v, _ := strconv.ParseInt(f, 10, 64)
-		if i >= 8 { // guest time is already in user time
-			break
-		}
-		t.total += v
-		if i != 3 && i != 4 { // idle, iowait
-			t.busy += v
-		}
-	}
-	return t
-}
-
-func (t hostTimes) busySince(t0 hostTimes) float64 {
-	if t.total == t0.total {
-		return 0
-	}
-	return float64(t.busy-t0.busy) / float64(t.total-t0.total)
 }
 
 // ---- helpers ----

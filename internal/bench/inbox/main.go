@@ -17,13 +17,13 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/bench/benchkit"
 	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
@@ -113,7 +113,7 @@ func main() {
 		}
 	}
 
-	med := func(k string) float64 { return median(results[k]) }
+	med := func(k string) float64 { return benchkit.Median(results[k]) }
 	fmt.Printf("\n%-14s %10s %10s %10s %10s   (claims/s, median of %d)\n", "inbox", "batch1", "batch10", "batch100", "batch1000", *rounds)
 	for _, v := range variants {
 		fmt.Printf("%-14s", v.name())
@@ -218,13 +218,4 @@ func newToken(kind string) inbox.Token {
 	_, _ = rand.Read(b[:])
 	t, _ := inbox.ParseToken(hex.EncodeToString(b[:]))
 	return t
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }

@@ -53,6 +53,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly/internal/bench/benchkit"
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/outbox"
@@ -535,35 +536,6 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// cpuMeter measures the machine's CPU use (all processes) in percent of all
-// cores, from /proc/stat.
-type cpuMeter struct{ busy, total uint64 }
-
-func readCPU() cpuMeter {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuMeter{}
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	var m cpuMeter
-	for i, f := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseUint(f, 10, 64)
-		m.total += v
-		if i != 3 && i != 4 { // idle, iowait
-			m.busy += v
-		}
-	}
-	return m
-}
-
-func (m cpuMeter) since() float64 {
-	n := readCPU()
-	if n.total == m.total {
-		return 0
-	}
-	return 100 * float64(n.busy-m.busy) / float64(n.total-m.total)
-}
-
 func makeValue(seq int) []byte {
 	v := make([]byte, *valueSize)
 	binary.BigEndian.PutUint64(v, uint64(seq))
@@ -620,7 +592,7 @@ func throughput(ctx context.Context) tputResult {
 	res.shardsQuery = time.Since(t)
 	checkpoint(ctx)
 
-	cpu := readCPU()
+	cpu := benchkit.ReadCPU()
 	start = time.Now()
 	stop := startRelay(ctx, outbox.RelayConfig{Outbox: cfg})
 	lastLog := start
@@ -638,7 +610,7 @@ func throughput(ctx context.Context) tputResult {
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.drain = time.Since(start)
-	res.cpu = cpu.since()
+	res.cpu = 100 * cpu.BusySince()
 	stop()
 	if n := count(ctx, cfg); n != 0 {
 		fatalf("throughput: %d rows left in the outbox after it reported none pending", n)
@@ -781,7 +753,7 @@ func latency(ctx context.Context, name string, cfg *outbox.Config, rcfg outbox.R
 
 	// Writer: a ticker offers one transaction per 1/rate; committers run
 	// them, so a slow commit does not delay the next one.
-	cpu := readCPU()
+	cpu := benchkit.ReadCPU()
 	foreign := foreignWriters(ctx)
 	wStart := time.Now()
 	warm := int64(time.Since(t0) + *latWarmup)
@@ -812,7 +784,7 @@ func latency(ctx context.Context, name string, cfg *outbox.Config, rcfg outbox.R
 	}
 	wwg.Wait()
 	elapsed := time.Since(wStart)
-	res.cpu = cpu.since()
+	res.cpu = 100 * cpu.BusySince()
 	res.foreign, res.foreignMax = foreign()
 	if res.foreign > 0 {
 		log.Printf("latency %s: WARNING: %d transactions of other processes held a transaction id during the run, the longest for at least %v: they delay the relay (the machine is not quiet)",
@@ -972,7 +944,7 @@ func writers(ctx context.Context) writersResult {
 		fatalf("writers: topic holds %d messages, %d were committed: messages LOST", inTopic, seq.Load())
 	}
 	for _, v := range res.variants {
-		v.median = median(v.rates)
+		v.median = benchkit.Median(v.rates)
 	}
 	return res
 }
@@ -983,13 +955,4 @@ func sum(xs []int64) int64 {
 		n += x
 	}
 	return n
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }
