@@ -15,6 +15,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
@@ -510,12 +511,8 @@ func dlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
 		}
 		var rows [][]string
 		for _, d := range dls {
-			errText := d.Error
-			if len(errText) > 60 {
-				errText = errText[:57] + "..."
-			}
 			rows = append(rows, []string{strconv.FormatInt(d.ID, 10), strconv.Quote(d.Scope), d.Reason, strconv.Itoa(d.Attempts),
-				fmt.Sprintf("%s/%d/%d", d.Topic, d.Partition, d.Offset), d.CreatedAt.UTC().Format(time.RFC3339), d.Resolution, errText})
+				fmt.Sprintf("%s/%d/%d", d.Topic, d.Partition, d.Offset), d.CreatedAt.UTC().Format(time.RFC3339), d.Resolution, shorten(d.Error, 60)})
 		}
 		e.table("ID\tSCOPE\tREASON\tATTEMPTS\tMESSAGE\tCREATED\tRESOLVED\tERROR", rows)
 		return nil
@@ -584,13 +581,26 @@ var consumerDeadLetters = deadLetterTable{
 	tables:  func(e *env) []string { return []string{e.deadLetters, e.outboxTable} },
 	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
 		dls, err := e.listDeadLetters(ctx, f, ids)
-		selected := make([]int64, len(dls))
-		for i, d := range dls {
-			selected[i] = d.ID
-		}
-		return selected, err
+		return idsOf(dls, func(d deadLetter) int64 { return d.ID }), err
 	},
 	resolve: (*env).resolve,
+}
+
+// idsOf returns the id of each of xs.
+func idsOf[T any](xs []T, id func(T) int64) []int64 {
+	out := make([]int64, len(xs))
+	for i, x := range xs {
+		out[i] = id(x)
+	}
+	return out
+}
+
+// shorten cuts s to at most n runes, marking the cut with "...".
+func shorten(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n-3]) + "..."
 }
 
 // resolveCmd replays or discards dead letters of t, each in a transaction

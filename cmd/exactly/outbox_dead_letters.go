@@ -107,12 +107,8 @@ func obdlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error
 		}
 		var rows [][]string
 		for _, d := range dls {
-			errText := d.Error
-			if len(errText) > 60 {
-				errText = errText[:57] + "..."
-			}
 			rows = append(rows, []string{strconv.FormatInt(d.ID, 10), d.Topic, strconv.Quote(string(d.Key)), d.Reason,
-				strconv.Itoa(d.Rejections), strconv.Itoa(len(d.Value)), d.DeadAt.UTC().Format(time.RFC3339), d.Resolution, errText})
+				strconv.Itoa(d.Rejections), strconv.Itoa(len(d.Value)), d.DeadAt.UTC().Format(time.RFC3339), d.Resolution, shorten(d.Error, 60)})
 		}
 		e.table("ID\tTOPIC\tKEY\tREASON\tREJECTIONS\tBYTES\tDEAD\tRESOLVED\tERROR", rows)
 		return nil
@@ -171,11 +167,7 @@ var outboxDeadLetters = deadLetterTable{
 	tables:  func(e *env) []string { return []string{e.outboxTable, e.outboxTable + "_dead_letters"} },
 	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
 		dls, err := e.listOutboxDeadLetters(ctx, f, ids)
-		selected := make([]int64, len(dls))
-		for i, d := range dls {
-			selected[i] = d.ID
-		}
-		return selected, err
+		return idsOf(dls, func(d outboxDeadLetter) int64 { return d.ID }), err
 	},
 	resolve: (*env).resolveOutbox,
 }
