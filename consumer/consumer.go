@@ -248,19 +248,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// kafka-go ends the generation as soon as one of its goroutines
 		// returns. At shutdown a partition that finished its batch waits for
 		// its siblings, so that they may finish theirs too.
-		siblings = &sync.WaitGroup{}
-		cm := newCommitter(gen, c.log, c.metrics.commitErrors, metric.WithAttributes(attribute.String("group", c.cfg.GroupID)))
+		// Each generation's closures hold their own WaitGroup: kafka-go
+		// runs a function started on an ended generation anyway, so a
+		// closure must never reach a later generation's.
+		gw := &sync.WaitGroup{}
+		siblings = gw
+		cm := newCommitter(gen.CommitOffsets, c.newBackoff(), c.log.With("generation", gen.ID), c.metrics.commitErrors, metric.WithAttributes(attribute.String("group", c.cfg.GroupID)))
 		gen.Start(cm.run)
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
 				p := c.newPartition(gen, cm, topic, a)
-				siblings.Add(1)
+				gw.Add(1)
 				gen.Start(func(genCtx context.Context) {
 					p.run(ctx, genCtx)
-					siblings.Done()
+					gw.Done()
 					if ctx.Err() != nil {
-						waitOrDone(genCtx, siblings)
+						waitOrDone(genCtx, gw)
 					}
 				})
 			}

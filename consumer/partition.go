@@ -114,7 +114,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 	}
 	p.log.Debug("partition assigned", "offset", p.start)
 
-	bo := p.newBackoff()
+	bo := p.c.newBackoff()
 
 	var pending []*item
 	for {
@@ -156,13 +156,13 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 	}
 }
 
-// newBackoff is the retry policy of batches and fetches: exponential from
+// newBackoff is the retry policy of batches, fetches and offset commits: exponential from
 // RetryInitial to RetryMax, never giving up (outages are waited out, not
 // skipped).
-func (p *partition) newBackoff() *backoff.ExponentialBackOff {
+func (c *Consumer) newBackoff() *backoff.ExponentialBackOff {
 	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = p.c.cfg.RetryInitial
-	bo.MaxInterval = p.c.cfg.RetryMax
+	bo.InitialInterval = c.cfg.RetryInitial
+	bo.MaxInterval = c.cfg.RetryMax
 	bo.MaxElapsedTime = 0
 	bo.Reset()
 	return bo
@@ -184,7 +184,7 @@ func (p *partition) fetch(ctx context.Context, r *kafka.Reader) []*item {
 			return nil
 		}
 		if bo == nil {
-			bo = p.newBackoff()
+			bo = p.c.newBackoff()
 		}
 		wait := bo.NextBackOff()
 		p.log.Warn("fetch failed; retrying", "backoff", wait, "err", err)
