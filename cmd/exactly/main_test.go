@@ -467,9 +467,10 @@ func TestReplayID(t *testing.T) {
 }
 
 // TestStatusOverSASL: status reads consumer lag through the broker's SASL
-// listeners, plaintext and TLS (-kafka-ca), with -kafka-sasl and the password
-// from $KAFKA_SASL_PASSWORD; a wrong password is reported, a missing one
-// refused, a broker certificate of an untrusted CA reported. Not parallel: it
+// listeners, plaintext (only with -kafka-sasl-plaintext-ok) and TLS
+// (-kafka-ca), with -kafka-sasl and the password from $KAFKA_SASL_PASSWORD;
+// a wrong password is reported, a missing one refused, a broker certificate
+// of an untrusted CA reported. Not parallel: it
 // sets the environment.
 func TestStatusOverSASL(t *testing.T) {
 	b := setup(t)
@@ -483,6 +484,13 @@ func TestStatusOverSASL(t *testing.T) {
 			args := slices.Clone(base)
 			if l.TLS != nil {
 				args = append(args, "-kafka-ca", kafkatest.TLSCAFile(t))
+			} else {
+				// PLAIN without TLS is refused unless explicitly allowed.
+				t.Setenv("KAFKA_SASL_PASSWORD", kafkatest.SASLPassword)
+				if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "clear text") {
+					t.Fatalf("PLAIN without TLS and without -kafka-sasl-plaintext-ok: exit %d, %q", code, errOut)
+				}
+				args = append(args, "-kafka-sasl-plaintext-ok")
 			}
 			t.Setenv("KAFKA_SASL_PASSWORD", "")
 			if code, _, errOut := cli(t, args...); code != exitUsage || !strings.Contains(errOut, "KAFKA_SASL_PASSWORD") {
