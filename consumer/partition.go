@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -478,16 +481,31 @@ func conflictError(it *item, c inbox.Claimed) error {
 		it.token, c.FirstSeen.Topic, c.FirstSeen.Partition, c.FirstSeen.Offset, when)
 }
 
+// deadLetter records it in the dead-letter table, in tx. Whatever a producer
+// sent must get there, or the partition could never move past it: header keys
+// that text cannot hold (NUL, invalid UTF-8) are kept as bytes beside an
+// escaped copy, and error texts are escaped. Should Postgres still refuse the
+// row for its content, a row without the headers is stored instead, with the
+// refusal in its error text; only a transient failure is returned.
 func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 	var token *string
 	if !it.token.IsZero() {
-		s := it.token.String()
+		s := storableText(it.token.String())
 		token = &s
 	}
 	keys := make([]string, len(it.msg.Headers))
 	values := make([][]byte, len(it.msg.Headers))
+	var rawKeys [][]byte // nil unless a key is not storable as text
 	for i, h := range it.msg.Headers {
-		keys[i], values[i] = h.Key, h.Value
+		keys[i], values[i] = storableText(h.Key), h.Value
+		if keys[i] != h.Key && rawKeys == nil {
+			rawKeys = make([][]byte, len(it.msg.Headers))
+		}
+	}
+	if rawKeys != nil {
+		for i, h := range it.msg.Headers {
+			rawKeys[i] = []byte(h.Key)
+		}
 	}
 	var msgTime *time.Time
 	if !it.msg.Time.IsZero() {
@@ -495,13 +513,50 @@ func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 	}
 	errText := "unknown"
 	if it.err != nil {
-		errText = it.err.Error()
+		errText = storableText(it.err.Error())
 	}
-	_, err := tx.Exec(ctx, p.c.sql["dead_letter"], p.c.cfg.Inbox.Scope, token, it.reason, errText, it.attempts,
-		it.msg.Topic, it.msg.Partition, it.msg.Offset, it.msg.Key, it.msg.Value, keys, values, msgTime)
+	insert := func(keys []string, values, rawKeys [][]byte, errText string) error {
+		sp, err := tx.Begin(ctx) // a savepoint, so that a refused row leaves tx usable
+		if err != nil {
+			return err
+		}
+		if _, err := sp.Exec(ctx, p.c.sql["dead_letter"], p.c.cfg.Inbox.Scope, token, it.reason, errText, it.attempts,
+			it.msg.Topic, it.msg.Partition, it.msg.Offset, it.msg.Key, it.msg.Value, keys, values, msgTime, rawKeys); err != nil {
+			_ = sp.Rollback(ctx)
+			return err
+		}
+		return sp.Commit(ctx)
+	}
+	err := insert(keys, values, rawKeys, errText)
+	var pgErr *pgconn.PgError
+	if err != nil && errors.As(err, &pgErr) && !isTransient(pgErr) {
+		p.log.Error("dead letter refused by Postgres; storing it without its headers", "offset", it.msg.Offset, "reason", it.reason, "err", err)
+		errText = storableText(fmt.Sprintf("%s (headers not stored: Postgres refused the row: %s)", errText, pgErr.Message))
+		err = insert([]string{}, [][]byte{}, nil, errText)
+	}
 	if err != nil {
 		return fmt.Errorf("dead-letter %s/%d/%d: %w", it.msg.Topic, it.msg.Partition, it.msg.Offset, err)
 	}
 	p.log.Warn("message dead-lettered", "offset", it.msg.Offset, "reason", it.reason, "attempts", it.attempts, "err", errText)
 	return nil
+}
+
+// storableText returns s if a Postgres text value can hold it, or else s
+// with each NUL and each byte that is not valid UTF-8 written as \xNN.
+func storableText(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1, r == 0:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }

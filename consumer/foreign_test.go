@@ -1,0 +1,94 @@
+package consumer_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+)
+
+// TestUnstorableDeadLetters: whatever bytes a producer puts in header keys,
+// tokens or error texts, the message reaches the dead-letter table and the
+// partition moves on. (A NUL or invalid UTF-8 in a text column made the
+// dead-letter INSERT fail, which was retried as an outage forever.)
+func TestUnstorableDeadLetters(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	good := msgs("g", 300, 7)
+	hdr := func(tok string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(tok)}} }
+	foreign := []kafka.Message{
+		{Key: []byte("f"), Value: []byte("nul key"), Headers: []kafka.Header{{Key: "trace\x00id", Value: []byte("1")}}},        // no token, NUL in a header key
+		{Key: []byte("f"), Value: []byte("bad utf-8 key"), Headers: []kafka.Header{{Key: "\xff\xfekey", Value: []byte("2")}}}, // no token, invalid UTF-8 key
+		{Key: []byte("f"), Value: []byte("nul in error"), Headers: hdr("err-nul")},                                            // handler error with a NUL
+		{Key: []byte("f"), Value: []byte("odd token"), Headers: hdr("tok\x00\xffen")},                                         // token with NUL and bad bytes, handler fails
+	}
+	all := append(append(append([]kafka.Message{}, good[:28]...), foreign...), good[28:]...)
+	kafkatest.Produce(t, b.writer, all...)
+	apply := insertEffect(b.effects)
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		switch string(m.Value) {
+		case "nul in error":
+			return consumer.Permanent(errors.New("cannot parse \x00 here \xc3"))
+		case "odd token":
+			return consumer.Permanent(errors.New("refused"))
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	waitCommitted(t, b, int64(len(all)))
+	checkEffects(t, b, len(good))
+
+	rows, err := b.pool.Query(context.Background(), "SELECT kafka_offset, reason, error, coalesce(token, ''), header_keys, header_keys_raw FROM "+
+		pgx.Identifier{b.schema, "dead_letters"}.Sanitize()+" ORDER BY kafka_offset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type dl struct {
+		offset         int64
+		reason, errMsg string
+		token          string
+		keys           []string
+		raw            [][]byte
+	}
+	var got []dl
+	var d dl
+	if _, err := pgx.ForEachRow(rows, []any{&d.offset, &d.reason, &d.errMsg, &d.token, &d.keys, &d.raw}, func() error {
+		got = append(got, d)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 {
+		t.Fatalf("dead letters: %+v, want 4", got)
+	}
+	for i, want := range []struct {
+		reason, keyText, rawKey, errPart, token string
+	}{
+		{consumer.ReasonNoToken, `trace\x00id`, "trace\x00id", "", ""},
+		{consumer.ReasonNoToken, `\xff\xfekey`, "\xff\xfekey", "", ""},
+		{consumer.ReasonPermanent, "Idempotency-Key", "", `cannot parse \x00 here \xc3`, "err-nul"},
+		{consumer.ReasonPermanent, "Idempotency-Key", "", "refused", "tok"}, // rendered by Token.String
+	} {
+		g := got[i]
+		if g.offset != int64(28+i) || g.reason != want.reason || len(g.keys) != 1 || g.keys[0] != want.keyText ||
+			!strings.Contains(g.errMsg, want.errPart) || !strings.Contains(g.token, want.token) {
+			t.Errorf("dead letter %d: %+v, want %+v", i, g, want)
+		}
+		switch {
+		case want.rawKey == "" && g.raw != nil:
+			t.Errorf("dead letter %d: raw header keys %q stored for text keys", i, g.raw)
+		case want.rawKey != "" && (len(g.raw) != 1 || !bytes.Equal(g.raw[0], []byte(want.rawKey))):
+			t.Errorf("dead letter %d: raw header keys %q, want %q", i, g.raw, want.rawKey)
+		}
+	}
+}
