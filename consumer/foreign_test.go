@@ -24,7 +24,7 @@ func TestUnstorableDeadLetters(t *testing.T) {
 	good := msgs("g", 300, 7)
 	hdr := func(tok string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(tok)}} }
 	foreign := []kafka.Message{
-		{Key: []byte("f"), Value: []byte("nul key"), Headers: []kafka.Header{{Key: "trace\x00id", Value: []byte("1")}}},        // no token, NUL in a header key
+		{Key: []byte("f"), Value: []byte("nul key"), Headers: []kafka.Header{{Key: "trace\x00id", Value: []byte("1")}}},       // no token, NUL in a header key
 		{Key: []byte("f"), Value: []byte("bad utf-8 key"), Headers: []kafka.Header{{Key: "\xff\xfekey", Value: []byte("2")}}}, // no token, invalid UTF-8 key
 		{Key: []byte("f"), Value: []byte("nul in error"), Headers: hdr("err-nul")},                                            // handler error with a NUL
 		{Key: []byte("f"), Value: []byte("odd token"), Headers: hdr("tok\x00\xffen")},                                         // token with NUL and bad bytes, handler fails
