@@ -645,7 +645,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 		for k := range blocked {
 			keys = append(keys, []byte(k))
 		}
-		rows, err := r.fetch(work, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, keys)
+		rows, err := r.fetchPending(work, conn, r.pubs[shard], shard, keys)
 		if err != nil {
 			return err
 		}
@@ -728,6 +728,12 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher,
 	return next, nil
 }
 
+// fetchPending reads the next rows of the shard to publish through pub,
+// leaving out the keys in blocked.
+func (r *Relay) fetchPending(ctx context.Context, conn *pgx.Conn, pub publisher, shard int, blocked [][]byte) ([]row, error) {
+	return r.fetch(ctx, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, blocked)
+}
+
 func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ...any) ([]row, error) {
 	rows, err := conn.Query(ctx, query, args...)
 	if err != nil {
@@ -751,22 +757,9 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ..
 // It returns the error of a transient failure, after which the caller backs
 // off, and an error only when the database could not record the outcome.
 func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, rows []row, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
-	msgs := make([]kafka.Message, len(rows))
-	for i, x := range rows {
-		var hs []header
-		if err := json.Unmarshal(x.headers, &hs); err != nil {
-			return nil, fmt.Errorf("row %d: headers: %w", x.id, err)
-		}
-		kh := make([]kafka.Header, 0, len(hs)+1)
-		hasID := false
-		for _, h := range hs {
-			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
-			hasID = hasID || h.Key == HeaderMessageID
-		}
-		if !hasID {
-			kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
-		}
-		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
+	msgs, err := kafkaMessages(rows)
+	if err != nil {
+		return nil, err
 	}
 	if n := pub.fit(msgs); n < len(msgs) {
 		rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
@@ -877,6 +870,29 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 		log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections[x.id], "max_attempts", r.cfg.MaxAttempts, "retry_in", wait, "err", e)
 	}
 	return transient, nil
+}
+
+// kafkaMessages returns the messages to publish for rows, each with its
+// message id header.
+func kafkaMessages(rows []row) ([]kafka.Message, error) {
+	msgs := make([]kafka.Message, len(rows))
+	for i, x := range rows {
+		var hs []header
+		if err := json.Unmarshal(x.headers, &hs); err != nil {
+			return nil, fmt.Errorf("row %d: headers: %w", x.id, err)
+		}
+		kh := make([]kafka.Header, 0, len(hs)+1)
+		hasID := false
+		for _, h := range hs {
+			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
+			hasID = hasID || h.Key == HeaderMessageID
+		}
+		if !hasID {
+			kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
+		}
+		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
+	}
+	return msgs, nil
 }
 
 // fit returns how many of msgs, from the first, one write may hold: kafka-go
