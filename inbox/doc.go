@@ -39,7 +39,9 @@
 // "Idempotency-Key", which the outbox sets), [FromCloudEvents], [FromKey],
 // [FromContentHash], [FromOffset] (redelivery protection only), [FromFunc],
 // and [FirstOf] to combine them. A message without a token yields an error
-// wrapping [ErrNoToken], never a panic.
+// wrapping [ErrNoToken], never a panic; one whose token is unusable (longer
+// than [MaxTokenLen], or its header repeated) an error wrapping
+// [ErrInvalidToken].
 //
 // # Batches
 //

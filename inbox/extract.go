@@ -28,15 +28,20 @@ type TokenSourceFunc func(m kafka.Message) (Token, error)
 // Token calls f.
 func (f TokenSourceFunc) Token(m kafka.Message) (Token, error) { return f(m) }
 
-// FromHeader reads the token from the first header named name, compared
+// FromHeader reads the token from the header named name, compared
 // case-insensitively as HTTP header names are. An empty name means
-// DefaultHeader.
+// DefaultHeader. A message with the header more than once (Kafka allows
+// repeated headers) has no single token: FromHeader returns an error
+// wrapping ErrInvalidToken rather than guess which one the producer meant.
 func FromHeader(name string) TokenSource {
 	if name == "" {
 		name = DefaultHeader
 	}
 	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
-		v, ok := header(m, name)
+		v, ok, err := header(m, name)
+		if err != nil {
+			return Token{}, err
+		}
 		if !ok {
 			return Token{}, fmt.Errorf("%w: header %q absent", ErrNoToken, name)
 		}
@@ -50,25 +55,47 @@ func FromHeader(name string) TokenSource {
 
 // FromCloudEvents reads the token of a CloudEvents binary-mode Kafka message:
 // the ce_id header, qualified by ce_source when present, since the CloudEvents
-// specification makes an id unique only within its source.
+// specification makes an id unique only within its source. Either header
+// repeated is an error wrapping ErrInvalidToken.
+//
+// The token of an event that follows the specification (no control
+// characters in ce_source or ce_id) is the source, a newline and the id, or
+// the id alone without a source. A newline in either would make that
+// ambiguous ("a\nx" + "42" against "a" + "x\n42"), so such an event gets
+// "\n", the source's length in decimal, "\n", the source and the id: a form
+// with at least two newlines, which no conforming event's token has, and
+// from which source and id can be read back.
 func FromCloudEvents() TokenSource {
 	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
-		id, ok := header(m, "ce_id")
+		id, ok, err := header(m, "ce_id")
+		if err != nil {
+			return Token{}, err
+		}
 		if !ok || len(id) == 0 {
 			return Token{}, fmt.Errorf("%w: header \"ce_id\" absent", ErrNoToken)
 		}
-		tok := string(id)
-		if src, ok := header(m, "ce_source"); ok && len(src) > 0 {
-			// A newline cannot occur in a URI-reference, so the pair is
-			// unambiguous.
-			tok = string(src) + "\n" + tok
+		src, _, err := header(m, "ce_source")
+		if err != nil {
+			return Token{}, err
 		}
-		t, err := ParseToken(tok)
+		t, err := ParseToken(cloudEventsToken(string(src), string(id)))
 		if err != nil {
 			return Token{}, fmt.Errorf("ce_id: %w", err)
 		}
 		return t, nil
 	})
+}
+
+// cloudEventsToken encodes a source (empty when absent) and an id into one
+// string, unambiguously; see FromCloudEvents.
+func cloudEventsToken(src, id string) string {
+	if !strings.Contains(src, "\n") && !strings.Contains(id, "\n") {
+		if src == "" {
+			return id
+		}
+		return src + "\n" + id
+	}
+	return "\n" + strconv.Itoa(len(src)) + "\n" + src + id
 }
 
 // FromKey uses the message key as the token: right when each key names one
@@ -154,11 +181,20 @@ func FirstOf(sources ...TokenSource) TokenSource {
 	})
 }
 
-func header(m kafka.Message, name string) ([]byte, bool) {
+// header returns the value of the header named name (compared
+// case-insensitively) and whether there is one; a header that occurs more
+// than once is an error wrapping ErrInvalidToken.
+func header(m kafka.Message, name string) ([]byte, bool, error) {
+	var v []byte
+	n := 0
 	for _, h := range m.Headers {
 		if strings.EqualFold(h.Key, name) {
-			return h.Value, true
+			v = h.Value
+			n++
 		}
 	}
-	return nil, false
+	if n > 1 {
+		return nil, false, fmt.Errorf("%w: %d %s headers", ErrInvalidToken, n, name)
+	}
+	return v, n == 1, nil
 }

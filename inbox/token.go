@@ -86,8 +86,13 @@ func tokenFromStored(b []byte) (Token, error) {
 func (t Token) IsZero() bool { return t.b == "" }
 
 // String returns the token as a person would write it: a UUID in canonical
-// lower case, text as it came (quoted when it is not printable), a digest as
-// "sha256:" or "digest:" followed by hex.
+// lower case, text as it came (quoted with Go escapes when it is not
+// printable UTF-8), a digest as "sha256:" or "digest:" followed by hex. The
+// result is always valid UTF-8 without NUL, so it fits a Postgres text
+// column (the dead-letter table's token) whatever bytes the token holds.
+// It is meant for people: two tokens can print alike (printable text that
+// looks like a quoted string, and the token that string quotes), so compare
+// Tokens, not their strings.
 func (t Token) String() string {
 	if t.b == "" {
 		return ""

@@ -1,11 +1,13 @@
 package inbox_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/inbox"
@@ -65,9 +67,22 @@ func TestTokenSources(t *testing.T) {
 		{"header missing", inbox.FromHeader(""), msg("k", "v"), "", inbox.ErrNoToken},
 		{"header empty", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", ""), "", inbox.ErrNoToken},
 		{"header too long", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", strings.Repeat("a", 2000)), "", inbox.ErrInvalidToken},
+		{"header repeated", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", "a", "Idempotency-Key", "b"), "", inbox.ErrInvalidToken},
+		{"header repeated, same value", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", "a", "Idempotency-Key", "a"), "", inbox.ErrInvalidToken},
+		{"header repeated in another case", inbox.FromHeader(""), msg("k", "v", "idempotency-key", "a", "IDEMPOTENCY-KEY", "b"), "", inbox.ErrInvalidToken},
+		{"header repeated, one empty", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", "", "Idempotency-Key", "b"), "", inbox.ErrInvalidToken},
+		{"header beside others", inbox.FromHeader(""), msg("k", "v", "trace", "t", "Idempotency-Key", "a", "Idempotency-Key-2", "b"), "a", nil},
+		{"header with NUL", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", "a\x00b"), `"a\x00b"`, nil},
+		{"header not UTF-8", inbox.FromHeader(""), msg("k", "v", "Idempotency-Key", "a\xffb"), `"a\xffb"`, nil},
 		{"cloudevents", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "42", "ce_source", "/orders"), "\"/orders\\n42\"", nil},
 		{"cloudevents no source", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "42"), "42", nil},
 		{"cloudevents missing", inbox.FromCloudEvents(), msg("k", "v", "ce_source", "/x"), "", inbox.ErrNoToken},
+		{"cloudevents empty source", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "42", "ce_source", ""), "42", nil},
+		{"cloudevents newline in source", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "42", "ce_source", "a\nx"), `"\n3\na\nx42"`, nil},
+		{"cloudevents newline in id", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "x\n42", "ce_source", "a"), `"\n1\nax\n42"`, nil},
+		{"cloudevents newline in id, no source", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "a\n42"), `"\n0\na\n42"`, nil},
+		{"cloudevents id repeated", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "1", "ce_id", "2"), "", inbox.ErrInvalidToken},
+		{"cloudevents source repeated", inbox.FromCloudEvents(), msg("k", "v", "ce_id", "1", "ce_source", "/a", "ce_source", "/b"), "", inbox.ErrInvalidToken},
 		{"key", inbox.FromKey(), msg("order-9", "v"), "order-9", nil},
 		{"key missing", inbox.FromKey(), msg("", "v"), "", inbox.ErrNoToken},
 		{"offset", inbox.FromOffset(), msg("", ""), "orders/2/9", nil},
@@ -85,9 +100,20 @@ func TestTokenSources(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || !strings.HasPrefix(got.String(), tc.want) {
+		if tc.want == "" || tc.want == "sha256:" {
+			if err != nil || !strings.HasPrefix(got.String(), tc.want) {
+				t.Errorf("%s: got %q, %v; want prefix %q", tc.name, got, err, tc.want)
+			}
+			continue
+		}
+		if err != nil || got.String() != tc.want {
 			t.Errorf("%s: got %q, %v; want %q", tc.name, got, err, tc.want)
 		}
+	}
+	// Repeated headers are refused with a message that says so.
+	_, err := inbox.FromHeader("").Token(msg("k", "v", "Idempotency-Key", "a", "idempotency-key", "b"))
+	if err == nil || !strings.Contains(err.Error(), "2 Idempotency-Key headers") {
+		t.Errorf("repeated header: error %v, want one that says 2 Idempotency-Key headers", err)
 	}
 	// Content hashes separate key and value: ("ab","c") differs from ("a","bc").
 	a, _ := inbox.FromContentHash().Token(msg("ab", "c"))
@@ -104,12 +130,23 @@ func FuzzTokenSources(f *testing.F) {
 	f.Add("Idempotency-Key", []byte("0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6"), []byte("key"), []byte("value"))
 	f.Add("ce_id", []byte("1"), []byte{}, []byte{0xff, 0xfe})
 	f.Add("", []byte{}, []byte{0}, []byte{})
+	f.Add("ce_id", []byte("x\n42"), []byte{}, []byte{})                   // a newline where the encoding separates
+	f.Add("Idempotency-Key", []byte("a\x00b\xff"), []byte("k"), []byte{}) // NUL and invalid UTF-8
+	f.Add("ce_source", []byte("/a"), []byte{}, []byte{})                  // two ce_source headers
+	f.Add("IDEMPOTENCY-KEY", []byte("a"), []byte{}, []byte{})
 	sources := []inbox.TokenSource{
 		inbox.FromHeader(""), inbox.FromCloudEvents(), inbox.FromKey(), inbox.FromContentHash(), inbox.FromOffset(),
 		inbox.FirstOf(inbox.FromHeader(""), inbox.FromCloudEvents(), inbox.FromKey()),
 	}
 	f.Fuzz(func(t *testing.T, name string, hv, key, value []byte) {
 		m := kafka.Message{Topic: "t", Key: key, Value: value, Headers: []kafka.Header{{Key: name, Value: hv}, {Key: "ce_source", Value: hv}}}
+		if len(value) > 0 && value[0]%2 == 1 {
+			// Sometimes the token header twice: always refused.
+			m.Headers = append(m.Headers, kafka.Header{Key: name, Value: value})
+			if _, err := inbox.FromHeader(name).Token(m); name != "" && !errors.Is(err, inbox.ErrInvalidToken) {
+				t.Fatalf("header %q twice: %v, want ErrInvalidToken", name, err)
+			}
+		}
 		for i, s := range sources {
 			got, err := s.Token(m)
 			if err != nil {
@@ -121,7 +158,7 @@ func FuzzTokenSources(f *testing.F) {
 				}
 				continue
 			}
-			if got.IsZero() || !utf8.ValidString(got.String()) {
+			if got.IsZero() || !storable(got.String()) {
 				t.Fatalf("source %d: token %q", i, got)
 			}
 			again, _ := s.Token(m)
@@ -134,4 +171,108 @@ func FuzzTokenSources(f *testing.F) {
 			}
 		}
 	})
+}
+
+// storable reports whether s can go into a Postgres text column: valid UTF-8
+// without NUL.
+func storable(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// TestCloudEventsUnambiguous: a (ce_source, ce_id) pair has one token, which
+// no other pair shares, even with newlines in either; tokens of events that
+// follow the CloudEvents specification (no control characters) are what
+// they were before the encoding became unambiguous.
+func TestCloudEventsUnambiguous(t *testing.T) {
+	t.Parallel()
+	ce := func(src, id string) string {
+		t.Helper()
+		m := msg("k", "v", "ce_id", id)
+		if src != "" {
+			m.Headers = append(m.Headers, kafka.Header{Key: "ce_source", Value: []byte(src)})
+		}
+		tk, err := inbox.FromCloudEvents().Token(m)
+		if err != nil {
+			t.Fatalf("(%q, %q): %v", src, id, err)
+		}
+		return tk.String()
+	}
+	// Stable for conforming events: source, a newline, id; or id alone.
+	if got, want := ce("/orders", "42"), tok(t, "/orders\n42").String(); got != want {
+		t.Errorf("conforming event: token %s, want %s as before", got, want)
+	}
+	if got := ce("", "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6"); got != "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6" {
+		t.Errorf("id alone: token %s", got)
+	}
+	for _, pair := range [][2][2]string{
+		{{"a\nx", "42"}, {"a", "x\n42"}},
+		{{"", "a\n42"}, {"a", "42"}},
+		{{"", "\n42"}, {"\n", "42"}},
+		{{"a\n", "42"}, {"a", "\n42"}},
+		{{"", "\n3\na\nx42"}, {"a\nx", "42"}}, // an id that spells another pair's token
+		{{"\n1\nax", "42"}, {"a", "x\n42"}},
+	} {
+		a, b := ce(pair[0][0], pair[0][1]), ce(pair[1][0], pair[1][1])
+		if a == b {
+			t.Errorf("%q and %q have one token %s", pair[0], pair[1], a)
+		}
+	}
+}
+
+// FuzzCloudEvents: two (source, id) pairs with one token are one pair (an
+// empty source is no source).
+func FuzzCloudEvents(f *testing.F) {
+	f.Add("a\nx", "42", "a", "x\n42")
+	f.Add("", "a\n42", "a", "42")
+	f.Add("/orders", "42", "/orders", "42")
+	f.Add("", "\n3\na\nx42", "a\nx", "42")
+	f.Fuzz(func(t *testing.T, src1, id1, src2, id2 string) {
+		token := func(src, id string) (inbox.Token, error) {
+			m := kafka.Message{Headers: []kafka.Header{{Key: "ce_id", Value: []byte(id)}, {Key: "ce_source", Value: []byte(src)}}}
+			return inbox.FromCloudEvents().Token(m)
+		}
+		a, errA := token(src1, id1)
+		b, errB := token(src2, id2)
+		if errA != nil || errB != nil {
+			return
+		}
+		if a == b && (src1 != src2 || id1 != id2) {
+			t.Fatalf("(%q, %q) and (%q, %q) have one token %s", src1, id1, src2, id2, a)
+		}
+	})
+}
+
+// TestTokenStringStorable: whatever bytes a header carries, the token goes
+// into the inbox (bytea) as they are and its String() into a text column
+// (the dead-letter table's token, logs) as valid UTF-8 without NUL; the
+// stored token is found again.
+func TestTokenStringStorable(t *testing.T) {
+	t.Parallel()
+	b := setup(t, inbox.Config{})
+	ctx := context.Background()
+	text := pgx.Identifier{b.cfg.Schema, "texts"}.Sanitize()
+	if _, err := b.pool.Exec(ctx, "CREATE TABLE "+text+" (token text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{"plain", "a\x00b", "\x00", "a\xffb", "\xc3\x28", "tab\there", "line\nbreak", "\u2028", `"quoted\x00"`, "é", "\xed\xa0\x80"} {
+		tk, err := inbox.FromHeader("").Token(msg("k", "v", "Idempotency-Key", raw))
+		if err != nil {
+			t.Fatalf("%q: %v", raw, err)
+		}
+		s := tk.String()
+		if !storable(s) {
+			t.Errorf("%q: String() %q is not valid UTF-8 without NUL", raw, s)
+		}
+		if _, err := b.pool.Exec(ctx, "INSERT INTO "+text+" VALUES ($1)", s); err != nil {
+			t.Errorf("%q: String() %q into a text column: %v", raw, s, err)
+		}
+		inTx(t, b.pool, func(tx pgx.Tx) {
+			if c := claim(t, b.store, tx, inbox.Request{Token: tk}); c.Outcome != inbox.Fresh {
+				t.Errorf("%q: first claim %v", raw, c.Outcome)
+			}
+		})
+		inTx(t, b.pool, func(tx pgx.Tx) {
+			if c := claim(t, b.store, tx, inbox.Request{Token: tk}); c.Outcome != inbox.Duplicate {
+				t.Errorf("%q: second claim %v, want duplicate", raw, c.Outcome)
+			}
+		})
+	}
 }
