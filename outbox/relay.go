@@ -729,10 +729,18 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher,
 }
 
 // fetchPending reads the next rows of the shard to publish through pub,
-// leaving out the keys in blocked.
+// leaving out the keys in blocked: at most BatchSize rows and no more bytes
+// than one write of pub holds (or one row larger than that), so that a
+// backlog of large rows costs the relay one write's worth of memory per
+// shard, not BatchSize rows.
 func (r *Relay) fetchPending(ctx context.Context, conn *pgx.Conn, pub publisher, shard int, blocked [][]byte) ([]row, error) {
-	return r.fetch(ctx, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, blocked)
+	_, maxBytes := pub.limits()
+	return r.fetch(ctx, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, blocked, maxBytes, rowOverhead)
 }
+
+// rowOverhead is what fetch.sql adds to a row's key, value and headers: the
+// per-message bytes fit counts and the message id header the relay adds.
+const rowOverhead = 32 + 10 + len(HeaderMessageID) + 36
 
 func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ...any) ([]row, error) {
 	rows, err := conn.Query(ctx, query, args...)
@@ -904,13 +912,7 @@ func kafkaMessages(rows []row) ([]kafka.Message, error) {
 // rows in it (each topic's partition is a batch of its own). The first
 // message always fits (one too large for the writer is rejected on its own).
 func (p publisher) fit(msgs []kafka.Message) int {
-	maxMsgs, maxBytes := p.w.BatchSize, p.w.BatchBytes
-	if maxMsgs <= 0 {
-		maxMsgs = 100 // kafka-go's defaults
-	}
-	if maxBytes <= 0 {
-		maxBytes = 1 << 20
-	}
+	maxMsgs, maxBytes := p.limits()
 	var n int
 	var bytes int64
 	var topicOf map[string]string // key -> topic of its rows so far, once a write has two topics
@@ -938,6 +940,19 @@ func (p publisher) fit(msgs []kafka.Message) int {
 		bytes += size
 	}
 	return n
+}
+
+// limits returns the most messages and bytes kafka-go puts in one record
+// batch: the writer's BatchSize and BatchBytes, or kafka-go's defaults.
+func (p publisher) limits() (maxMsgs int, maxBytes int64) {
+	maxMsgs, maxBytes = p.w.BatchSize, p.w.BatchBytes
+	if maxMsgs <= 0 {
+		maxMsgs = 100 // kafka-go's defaults
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	return maxMsgs, maxBytes
 }
 
 // write publishes msgs in one call and returns each message's error. One
