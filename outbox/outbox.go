@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
@@ -29,6 +31,9 @@ const (
 	TableDefault        = "outbox"
 	ShardsDefault       = 4
 	NotifyWindowDefault = 10 * time.Millisecond
+	// MaxMessageBytesDefault is Kafka's default largest message
+	// (max.message.bytes, message.max.bytes), 1 MiB.
+	MaxMessageBytesDefault = 1 << 20
 )
 
 // MaxShards bounds Config.Shards.
@@ -61,6 +66,17 @@ type Config struct {
 	// while after each wake-up to catch what was enqueued without one.
 	// Defaults to 10ms; -1 sends no notifications (the relay polls).
 	NotifyWindow time.Duration
+	// MaxMessageBytes is the largest message EnqueueTx accepts: its key,
+	// value and headers (keys and values, the trace context EnqueueTx adds
+	// included), in bytes. A larger one is refused with ErrMessageTooLarge
+	// rather than committed for Kafka to reject it later, and it bounds what
+	// a relay holds in memory for one row. Only writers check it. Keep it at
+	// or below the topics' max.message.bytes and the relay writer's
+	// BatchBytes (both 1 MiB by default); Kafka also counts some 70 bytes of
+	// framing per message, so a message within a few bytes of a 1 MiB limit
+	// can still be refused by the broker and dead-lettered as too_large.
+	// Defaults to 1 MiB (MaxMessageBytesDefault).
+	MaxMessageBytes int
 }
 
 func (c Config) withDefaults() Config {
@@ -68,6 +84,7 @@ func (c Config) withDefaults() Config {
 	c.Table = cmp.Or(c.Table, TableDefault)
 	c.Shards = cmp.Or(c.Shards, ShardsDefault)
 	c.NotifyWindow = cmp.Or(c.NotifyWindow, NotifyWindowDefault)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, MaxMessageBytesDefault)
 	return c
 }
 
@@ -86,6 +103,9 @@ func (c Config) validate() error {
 	}
 	if c.NotifyWindow < -1 {
 		return fmt.Errorf("outbox: Config.NotifyWindow: %v; use -1 to disable notifications", c.NotifyWindow)
+	}
+	if c.MaxMessageBytes < 1 {
+		return fmt.Errorf("outbox: Config.MaxMessageBytes: must be positive, got %d", c.MaxMessageBytes)
 	}
 	return nil
 }
@@ -136,14 +156,18 @@ func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
 
 // Message is a message to publish.
 type Message struct {
-	// Topic is required.
+	// Topic is required: a name Kafka accepts (at most 249 of a-z, A-Z,
+	// 0-9, '.', '_' and '-'; not "." or ".."), or EnqueueTx refuses the
+	// message rather than commit a row Kafka can never take.
 	Topic string
 	// Key decides the partition (murmur2, like the Java client) and the
 	// shard. Messages with equal keys are published in enqueue order.
 	Key []byte
 	// Value is the payload.
 	Value []byte
-	// Headers travel with the message. The relay adds HeaderMessageID
+	// Headers travel with the message. Their keys are text: valid UTF-8
+	// without NUL bytes (EnqueueTx refuses others); values are any bytes.
+	// The relay adds HeaderMessageID
 	// with the message id, unless Headers already carry one: a message
 	// replayed from a dead letter keeps the token it was first sent with.
 	Headers []kafka.Header
@@ -179,6 +203,10 @@ func (o *Outbox) Config() Config { return o.cfg }
 // ErrInvalidMessage reports a message EnqueueTx refuses.
 var ErrInvalidMessage = errors.New("outbox: invalid message")
 
+// ErrMessageTooLarge reports a message larger than Config.MaxMessageBytes.
+// It wraps ErrInvalidMessage.
+var ErrMessageTooLarge = fmt.Errorf("%w: too large", ErrInvalidMessage)
+
 type header struct {
 	Key   string `json:"key"`
 	Value []byte `json:"value"`
@@ -188,6 +216,11 @@ type header struct {
 // their message ids. They are published if and only if tx commits, each
 // with its id in the HeaderMessageID header. Trace context in ctx (from the
 // global OpenTelemetry propagator) is added to their headers.
+//
+// It refuses the whole call, enqueuing nothing, when a message is invalid
+// (an error wrapping ErrInvalidMessage naming the message and what is wrong:
+// its topic, a header key, its ID) or larger than Config.MaxMessageBytes
+// (ErrMessageTooLarge, which wraps ErrInvalidMessage).
 func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]string, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -204,9 +237,32 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 	keys := make([][]byte, len(msgs))
 	values := make([][]byte, len(msgs))
 	headers := make([][]byte, len(msgs))
+	traceBytes := 0
+	for k, v := range carrier {
+		traceBytes += len(k) + len(v)
+	}
 	for i, m := range msgs {
 		if m.Topic == "" {
 			return nil, fmt.Errorf("%w: message %d has no topic", ErrInvalidMessage, i)
+		}
+		if why := checkTopic(m.Topic); why != "" {
+			return nil, fmt.Errorf("%w: message %d: topic %q %s", ErrInvalidMessage, i, m.Topic, why)
+		}
+		size := len(m.Key) + len(m.Value) + traceBytes
+		for j, h := range m.Headers {
+			size += len(h.Key) + len(h.Value)
+			// Header keys are text: JSON would replace invalid UTF-8 with
+			// U+FFFD, and Postgres refuses a NUL in jsonb.
+			if !utf8.ValidString(h.Key) {
+				return nil, fmt.Errorf("%w: message %d: header %d (%q): its key is not valid UTF-8", ErrInvalidMessage, i, j, h.Key)
+			}
+			if strings.IndexByte(h.Key, 0) >= 0 {
+				return nil, fmt.Errorf("%w: message %d: header %d (%q): its key holds a NUL byte", ErrInvalidMessage, i, j, h.Key)
+			}
+		}
+		if size > o.cfg.MaxMessageBytes {
+			return nil, fmt.Errorf("%w: message %d (topic %q) has %d bytes of key, value and headers, more than Config.MaxMessageBytes %d",
+				ErrMessageTooLarge, i, m.Topic, size, o.cfg.MaxMessageBytes)
 		}
 		id := m.ID
 		if id == "" {
@@ -240,6 +296,26 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
 	}
 	return ids, nil
+}
+
+// MaxTopicLength is the longest topic name Kafka accepts.
+const MaxTopicLength = 249
+
+// checkTopic returns why Kafka would refuse topic as a topic name, or "".
+func checkTopic(topic string) string {
+	if len(topic) > MaxTopicLength {
+		return fmt.Sprintf("has %d characters, more than Kafka's %d", len(topic), MaxTopicLength)
+	}
+	if topic == "." || topic == ".." {
+		return "is not a topic name Kafka accepts"
+	}
+	for i := 0; i < len(topic); i++ {
+		c := topic[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Sprintf("holds %q at byte %d: Kafka topic names are made of a-z, A-Z, 0-9, '.', '_' and '-'", c, i)
+		}
+	}
+	return ""
 }
 
 // isUUID reports whether s is a UUID in canonical 8-4-4-4-12 form.

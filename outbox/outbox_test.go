@@ -335,6 +335,13 @@ func TestPoisonRows(t *testing.T) {
 	msgs = append(msgs,
 		outbox.Message{Topic: b.topic, Key: []byte("huge"), Value: make([]byte, 2<<20)},
 		outbox.Message{Topic: b.topic, Key: []byte("huge"), Value: []byte("after-2")})
+	// A writer that lets a message through that Kafka refuses.
+	lax := b.ob.Config()
+	lax.MaxMessageBytes = 4 << 20
+	var err error
+	if b.ob, err = outbox.New(lax); err != nil {
+		t.Fatal(err)
+	}
 	enqueue(t, b, msgs...)
 	cfg := b.relay
 	cfg.MaxAttempts = 3
@@ -607,5 +614,97 @@ func TestHeldBackRowsDoNotWaitForPoll(t *testing.T) {
 	got := kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
 	if string(got[0].Value) != "held" {
 		t.Fatalf("got %q", got[0].Value)
+	}
+}
+
+// TestEnqueueRefusesOversizeMessages: a message whose key, value and
+// headers exceed Config.MaxMessageBytes (1 MiB by default, Kafka's default
+// max.message.bytes) is refused with ErrMessageTooLarge, and nothing of its
+// call is enqueued; one at the limit is accepted.
+func TestEnqueueRefusesOversizeMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	if got := b.ob.Config().MaxMessageBytes; got != 1<<20 || outbox.MaxMessageBytesDefault != 1<<20 {
+		t.Fatalf("MaxMessageBytes defaults to %d, want 1 MiB", got)
+	}
+	_, err := b.ob.Enqueue(ctx, b.pool,
+		outbox.Message{Topic: b.topic, Value: []byte("fine")},
+		outbox.Message{Topic: b.topic, Key: []byte("k"), Value: make([]byte, 1<<20)})
+	if !errors.Is(err, outbox.ErrMessageTooLarge) || !errors.Is(err, outbox.ErrInvalidMessage) || !strings.Contains(err.Error(), "message 1") {
+		t.Fatalf("Enqueue of 1 MiB + 1 byte: %v, want ErrMessageTooLarge naming message 1", err)
+	}
+	if n := countRows(t, b, "outbox"); n != 0 {
+		t.Fatalf("%d rows enqueued by a refused call", n)
+	}
+	if _, err := b.ob.Enqueue(ctx, b.pool, outbox.Message{Topic: b.topic, Value: make([]byte, 1<<20)}); err != nil {
+		t.Fatalf("Enqueue of exactly 1 MiB: %v", err)
+	}
+
+	cfg := b.ob.Config()
+	cfg.MaxMessageBytes = 100
+	small, err := outbox.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Header keys and values count: 10 + 80 + 1 + 10 bytes.
+	m := outbox.Message{Topic: b.topic, Key: make([]byte, 10), Value: make([]byte, 80), Headers: []kafka.Header{{Key: "h", Value: make([]byte, 10)}}}
+	err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		_, err := small.EnqueueTx(ctx, tx, m)
+		return err
+	})
+	if !errors.Is(err, outbox.ErrMessageTooLarge) {
+		t.Fatalf("EnqueueTx of 101 bytes with MaxMessageBytes 100: %v, want ErrMessageTooLarge", err)
+	}
+	m.Value = m.Value[:79]
+	if _, err := small.Enqueue(ctx, b.pool, m); err != nil {
+		t.Fatalf("Enqueue of 100 bytes with MaxMessageBytes 100: %v", err)
+	}
+	if _, err := outbox.New(outbox.Config{MaxMessageBytes: -1}); err == nil {
+		t.Error("New with a negative MaxMessageBytes succeeded")
+	}
+}
+
+// TestEnqueueRefusesBadNames: topics Kafka would refuse, and header keys
+// that Postgres cannot store (NUL) or JSON would rewrite (invalid UTF-8),
+// are refused at enqueue with an error naming them, not rewritten or failed
+// by the database; a valid non-ASCII header key arrives unchanged.
+func TestEnqueueRefusesBadNames(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		m    outbox.Message
+		want string
+	}{
+		{outbox.Message{Topic: b.topic, Headers: []kafka.Header{{Key: "bad\xffkey", Value: []byte("v")}}}, `header 0 ("bad\xffkey")`},
+		{outbox.Message{Topic: b.topic, Headers: []kafka.Header{{Key: "ok"}, {Key: "nul\x00key", Value: []byte("v")}}}, `header 1 ("nul\x00key")`},
+		{outbox.Message{Topic: ""}, "no topic"},
+		{outbox.Message{Topic: "nul\x00topic"}, `topic "nul\x00topic"`},
+		{outbox.Message{Topic: "bad\xfftopic"}, `topic "bad\xfftopic"`},
+		{outbox.Message{Topic: "has space"}, `topic "has space"`},
+		{outbox.Message{Topic: "ünïcode"}, `topic "ünïcode"`},
+		{outbox.Message{Topic: ".."}, `topic ".."`},
+		{outbox.Message{Topic: strings.Repeat("t", 250)}, "250"},
+	} {
+		_, err := b.ob.Enqueue(ctx, b.pool, tc.m)
+		if !errors.Is(err, outbox.ErrInvalidMessage) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Enqueue(topic %q, headers %q): %v, want ErrInvalidMessage naming %s", tc.m.Topic, tc.m.Headers, err, tc.want)
+		}
+	}
+	if n := countRows(t, b, "outbox"); n != 0 {
+		t.Fatalf("%d invalid messages enqueued", n)
+	}
+	if _, err := b.ob.Enqueue(ctx, b.pool, outbox.Message{Topic: strings.Repeat("t", 249)},
+		outbox.Message{Topic: "a-valid_topic.name", Key: []byte("nul\x00key\xff"), Headers: []kafka.Header{{Key: "ключ-ü", Value: []byte("\x00\xff")}}}); err != nil {
+		t.Fatalf("valid messages: %v", err)
+	}
+	var key []byte
+	var headers string
+	if err := b.pool.QueryRow(ctx, "SELECT key, headers::text FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" WHERE topic = 'a-valid_topic.name'").Scan(&key, &headers); err != nil {
+		t.Fatal(err)
+	}
+	if string(key) != "nul\x00key\xff" || !strings.Contains(headers, `"ключ-ü"`) {
+		t.Fatalf("stored key %q, headers %s: want them unchanged", key, headers)
 	}
 }
