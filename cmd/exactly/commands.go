@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/migrate"
 	"github.com/exactlyhq/exactly/outbox"
@@ -695,11 +696,12 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		var d struct {
 			partition int
 			offset    int64
+			reason    string
 		}
 		if err := e.lockReplays(ctx, tx); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset)
+		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset, &d.reason)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // resolved meanwhile
 		}
@@ -708,18 +710,7 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		}
 		found = true
 		if resolution == "replayed" {
-			hasToken := false
-			for i, k := range keys {
-				m.Headers = append(m.Headers, kafka.Header{Key: k, Value: values[i]})
-				hasToken = hasToken || k == outbox.HeaderMessageID
-			}
-			if !hasToken {
-				// The message had no token of its own: give it one derived
-				// from where it was first read, so that replays of the same
-				// Kafka message (from the dead letters of several groups)
-				// carry one token.
-				m.ID = replayID(m.Topic, d.partition, d.offset)
-			}
+			m.Headers, m.ID = replayHeaders(keys, values, d.reason, m.Topic, d.partition, d.offset)
 			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
 				return err
 			}
@@ -749,6 +740,50 @@ func (e *env) checkShards(ctx context.Context) error {
 func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
 	_, err := tx.Exec(ctx, e.sql["replay_lock"], e.schema+"."+e.outboxTable)
 	return err
+}
+
+// replayHeaders returns the headers and outbox message id of a dead
+// letter's replay. The replay carries one token, in one header named exactly
+// outbox.HeaderMessageID (the relay adds its own header beside any other
+// spelling, and consumers refuse a message with two):
+//
+//   - The message's own token when it had a usable one: its single token
+//     header (in any case), or the first of repeated ones in a dead letter
+//     whose reason says the consumer found a token (written before repeated
+//     headers were refused, when consumers read the first). Groups that
+//     processed the original skip the replay.
+//   - Otherwise (no_token, invalid_token: none, an empty one, one too long,
+//     repeated), none of its token headers: the replay gets an id derived
+//     from where the message was first read, which the relay sends as its
+//     token, so that replays of one Kafka message from the dead letters of
+//     several groups carry one token.
+func replayHeaders(keys []string, values [][]byte, reason, topic string, partition int, offset int64) ([]kafka.Header, string) {
+	var tokens []int
+	for i, k := range keys {
+		if strings.EqualFold(k, outbox.HeaderMessageID) {
+			tokens = append(tokens, i)
+		}
+	}
+	keep := -1
+	tokenless := reason == consumer.ReasonNoToken || reason == consumer.ReasonInvalidToken
+	if len(tokens) == 1 || len(tokens) > 1 && !tokenless {
+		if _, err := inbox.ParseToken(string(values[tokens[0]])); err == nil {
+			keep = tokens[0]
+		}
+	}
+	var hs []kafka.Header
+	for i, k := range keys {
+		switch {
+		case i == keep:
+			hs = append(hs, kafka.Header{Key: outbox.HeaderMessageID, Value: values[i]})
+		case !slices.Contains(tokens, i):
+			hs = append(hs, kafka.Header{Key: k, Value: values[i]})
+		}
+	}
+	if keep >= 0 {
+		return hs, ""
+	}
+	return hs, replayID(topic, partition, offset)
 }
 
 // replayID is a UUID (version 8, RFC 9562) derived from a Kafka message's

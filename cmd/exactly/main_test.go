@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -269,6 +270,113 @@ func TestDeadLetterReplayOnce(t *testing.T) {
 	}
 }
 
+// TestReplayWithoutUsableToken: dead letters whose message had no usable
+// Idempotency-Key (none, one too long, the header twice) are replayed with
+// one token derived from the message's topic, partition and offset, the bad
+// headers dropped; a dead letter with a token of its own (in another case,
+// or repeated in a dead letter written before repeated headers were refused)
+// keeps it, in one header. The consumer then applies each replay once and
+// dead-letters none again.
+func TestReplayWithoutUsableToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hdrs := func(kv ...string) []kafka.Header {
+		var hs []kafka.Header
+		for i := 0; i < len(kv); i += 2 {
+			hs = append(hs, kafka.Header{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return hs
+	}
+	kafkatest.Produce(t, kafkatest.Writer(t, b.topic),
+		kafka.Message{Key: []byte("k"), Value: []byte("0"), Headers: hdrs("Idempotency-Key", strings.Repeat("x", 2000), "trace", "t0")}, // invalid_token: too long
+		kafka.Message{Key: []byte("k"), Value: []byte("1"), Headers: hdrs("Idempotency-Key", "a", "idempotency-key", "b")},              // invalid_token: twice
+		kafka.Message{Key: []byte("k"), Value: []byte("2")},                                                                             // no_token
+		kafka.Message{Key: []byte("k"), Value: []byte("3"), Headers: hdrs("idempotency-key", "order-3")},                                // permanent, lower case
+		kafka.Message{Key: []byte("k"), Value: []byte("4"), Headers: hdrs("Idempotency-Key", "order-4", "Idempotency-Key", "order-4b", "old", "")},
+	)
+	// The message marked "old" is read as consumers did before repeated
+	// headers were refused: the first one.
+	b.cfg.Token = inbox.TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
+		if len(m.Headers) == 3 && m.Headers[2].Key == "old" {
+			return inbox.ParseToken(string(m.Headers[0].Value))
+		}
+		return inbox.FromHeader("").Token(m)
+	})
+	b.poison.Store(map[string]bool{"order-3": true, "order-4": true})
+	b.consume(t, 5)
+
+	var list []deadLetter
+	cliJSON(t, &list, "dead-letters", "list", "-schema", b.schema)
+	reasons := map[int64]string{}
+	for _, d := range list {
+		reasons[d.Offset] = d.Reason
+	}
+	if want := map[int64]string{0: consumer.ReasonInvalidToken, 1: consumer.ReasonInvalidToken, 2: consumer.ReasonNoToken, 3: consumer.ReasonPermanent, 4: consumer.ReasonPermanent}; !maps.Equal(reasons, want) {
+		t.Fatalf("dead letters by offset %v, want %v", reasons, want)
+	}
+	var res struct{ Replayed []int64 }
+	cliJSON(t, &res, "dead-letters", "replay", "-schema", b.schema, "-since", "1h")
+	if len(res.Replayed) != 5 {
+		t.Fatalf("replayed %v, want 5", res)
+	}
+
+	// The outbox rows: one token each, derived or the message's own.
+	rows, err := b.pool.Query(context.Background(), "SELECT message_id::text, headers FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued []string
+	var id string
+	var headers []struct {
+		Key   string
+		Value []byte
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&id, &headers}, func() error {
+		tok := id // published as the Idempotency-Key when no header has one
+		n := 0
+		for _, h := range headers {
+			if strings.EqualFold(h.Key, outbox.HeaderMessageID) {
+				if h.Key != outbox.HeaderMessageID {
+					t.Errorf("outbox row %s: token header spelled %q; the relay would add a second", id, h.Key)
+				}
+				tok = string(h.Value)
+				n++
+			}
+		}
+		if n > 1 {
+			t.Errorf("outbox row %s: %d token headers %+v", id, n, headers)
+		}
+		queued = append(queued, tok)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{replayID(b.topic, 0, 0), replayID(b.topic, 0, 1), replayID(b.topic, 0, 2), "order-3", "order-4"}
+	if !slices.Equal(queued, want) {
+		for i := range queued {
+			queued[i] = shorten(queued[i], 40)
+		}
+		t.Fatalf("outbox tokens %q, want %q", queued, want)
+	}
+
+	// Published and consumed (fix deployed): each applied once, none
+	// dead-lettered again.
+	b.cfg.Token = nil
+	b.poison.Store(map[string]bool{})
+	stop := runRelay(t, b.pool, outbox.RelayConfig{Outbox: outbox.Config{Schema: b.schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond})
+	b.consume(t, 10)
+	stop()
+	for _, tok := range want {
+		if n := b.effectCount(t, tok); n != 1 {
+			t.Errorf("token %s applied %d times, want 1", tok, n)
+		}
+	}
+	cliJSON(t, &list, "dead-letters", "list", "-schema", b.schema)
+	if len(list) != 0 {
+		t.Fatalf("replays dead-lettered again: %+v", list)
+	}
+}
+
 // concurrently runs the command n times at once and counts exit statuses.
 func concurrently(t *testing.T, n int, args ...string) map[int]int {
 	t.Helper()
@@ -466,12 +574,50 @@ func TestReplayID(t *testing.T) {
 	}
 }
 
+// TestReplayHeaders: which token a replay carries, by the dead letter's
+// headers and reason.
+func TestReplayHeaders(t *testing.T) {
+	t.Parallel()
+	derived := replayID("orders", 1, 7)
+	for _, tc := range []struct {
+		name    string
+		reason  string
+		headers []string // key, value, ...
+		want    []string // the replay's headers
+		id      string
+	}{
+		{"no token", consumer.ReasonNoToken, []string{"trace", "t"}, []string{"trace", "t"}, derived},
+		{"too long", consumer.ReasonInvalidToken, []string{"Idempotency-Key", strings.Repeat("x", 1025), "trace", "t"}, []string{"trace", "t"}, derived},
+		{"repeated", consumer.ReasonInvalidToken, []string{"Idempotency-Key", "a", "trace", "t", "IDEMPOTENCY-KEY", "b"}, []string{"trace", "t"}, derived},
+		{"empty", consumer.ReasonNoToken, []string{"Idempotency-Key", ""}, nil, derived},
+		// The group read another header; groups reading this one applied it.
+		{"invalid elsewhere, usable here", consumer.ReasonInvalidToken, []string{"X-Id", strings.Repeat("x", 1025), "idempotency-key", "k1"}, []string{"X-Id", strings.Repeat("x", 1025), "Idempotency-Key", "k1"}, ""},
+		{"own token", consumer.ReasonHandlerError, []string{"Idempotency-Key", "k1"}, []string{"Idempotency-Key", "k1"}, ""},
+		{"own token, other case", consumer.ReasonPermanent, []string{"idempotency-key", "k1"}, []string{"Idempotency-Key", "k1"}, ""},
+		{"own token repeated (before refused)", consumer.ReasonHandlerError, []string{"Idempotency-Key", "k1", "Idempotency-Key", "k2"}, []string{"Idempotency-Key", "k1"}, ""},
+		{"no token header, another source", consumer.ReasonHandlerError, []string{"ce_id", "1"}, []string{"ce_id", "1"}, derived},
+	} {
+		var keys []string
+		var values [][]byte
+		for i := 0; i < len(tc.headers); i += 2 {
+			keys, values = append(keys, tc.headers[i]), append(values, []byte(tc.headers[i+1]))
+		}
+		hs, id := replayHeaders(keys, values, tc.reason, "orders", 1, 7)
+		var got []string
+		for _, h := range hs {
+			got = append(got, h.Key, string(h.Value))
+		}
+		if !slices.Equal(got, tc.want) || id != tc.id {
+			t.Errorf("%s: headers %.80q, id %q; want %.80q, %q", tc.name, got, id, tc.want, tc.id)
+		}
+	}
+}
+
 // TestStatusOverSASL: status reads consumer lag through the broker's SASL
 // listeners, plaintext (only with -kafka-sasl-plaintext-ok) and TLS
 // (-kafka-ca), with -kafka-sasl and the password from $KAFKA_SASL_PASSWORD;
 // a wrong password is reported, a missing one refused, a broker certificate
-// of an untrusted CA reported. Not parallel: it
-// sets the environment.
+// of an untrusted CA reported. Not parallel: it sets the environment.
 func TestStatusOverSASL(t *testing.T) {
 	b := setup(t)
 	b.produce(t, 0, 10)
