@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
 	"github.com/exactlyhq/exactly/internal/pgtest"
@@ -249,4 +252,65 @@ func TestAPIRejects(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("DELETE /orders: %d, want 405", resp.StatusCode)
 	}
+}
+
+// TestAPIHealthDatabaseDown: /healthz answers 503 with a generic detail and
+// logs the database's error, which names hosts and users, instead of sending
+// it to the client.
+func TestAPIHealthDatabaseDown(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: every connection is refused
+	pool, err := pgxpool.New(context.Background(), "postgres://secret-user:secret-pw@"+addr+"/secret-db?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var logs syncBuffer
+	api, err := shop.NewAPI(pool, shop.Names{Schema: "unused", TopicPrefix: "apitest."}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var p struct{ Detail string }
+	if err := json.Unmarshal(raw, &p); err != nil || resp.StatusCode != http.StatusServiceUnavailable || p.Detail != "database unavailable" {
+		t.Fatalf("GET /healthz with the database down: %d %s, want 503 \"database unavailable\"", resp.StatusCode, raw)
+	}
+	for _, secret := range []string{"secret", addr, "refused"} {
+		if strings.Contains(string(raw), secret) {
+			t.Errorf("the answer %s leaks %q", raw, secret)
+		}
+	}
+	if !strings.Contains(logs.String(), "database unavailable") || !strings.Contains(logs.String(), addr) {
+		t.Errorf("the log does not hold the real error: %s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
