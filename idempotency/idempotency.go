@@ -226,11 +226,24 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 			m.internal(w, r, "decode stored response", err)
 			return
 		}
+		status := s.Status
+		if status == 0 {
+			// Stored by versions that kept a handler's status as it was
+			// when the handler wrote nothing; net/http answered 200.
+			status = http.StatusOK
+		}
+		if status < 100 || status > 999 {
+			// Stored by versions that took any WriteHeader code; net/http
+			// panicked on it after the commit.
+			m.cfg.Logger.Error("idempotency: stored response has an invalid status", "status", s.Status, "endpoint", m.cfg.Endpoint(r))
+			problem(w, http.StatusInternalServerError, fmt.Sprintf("the response stored for this %s has an invalid status (%d); the request was carried out", m.cfg.Header, s.Status))
+			return
+		}
 		for k, vs := range s.Headers {
 			w.Header()[k] = vs
 		}
 		w.Header().Set(ReplayedHeader, "true")
-		w.WriteHeader(s.Status)
+		w.WriteHeader(status)
 		_, _ = w.Write(s.Body)
 		return
 	case inbox.Conflict:
@@ -255,7 +268,8 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 		rec.flush(w) // rolled back by the deferred Rollback: a retry runs again
 		return
 	}
-	s := stored{Status: rec.status, Headers: map[string][]string{}, Body: rec.body.Bytes()}
+	// A handler that wrote nothing was answered 200 by net/http.
+	s := stored{Status: cmp.Or(rec.status, http.StatusOK), Headers: map[string][]string{}, Body: rec.body.Bytes()}
 	for _, k := range m.cfg.StoredHeaders {
 		if vs := rec.header.Values(k); len(vs) > 0 {
 			s.Headers[http.CanonicalHeaderKey(k)] = vs
@@ -364,9 +378,20 @@ type recorder struct {
 func (r *recorder) Header() http.Header { return r.header }
 
 func (r *recorder) WriteHeader(status int) {
-	if r.status == 0 {
-		r.status = status
+	if status < 100 || status > 999 {
+		// As net/http does; run recovers and rolls back, so the code is
+		// never stored.
+		panic(fmt.Sprintf("invalid WriteHeader code %v", status))
 	}
+	if r.status != 0 {
+		return
+	}
+	if status < 200 && status != http.StatusSwitchingProtocols {
+		// Informational (103 Early Hints): not the final status, and not
+		// stored; it is not sent either.
+		return
+	}
+	r.status = status
 }
 
 func (r *recorder) Write(p []byte) (int, error) {

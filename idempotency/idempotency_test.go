@@ -2,6 +2,9 @@ package idempotency_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,8 +30,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type bundle struct {
 	pool   *pgxpool.Pool
 	server *httptest.Server
-	orders string
-	calls  *atomic.Int32
+	// handler is what server serves, for requests net/http's client or
+	// server would refuse to carry.
+	handler http.Handler
+	orders  string
+	inbox   string
+	calls   *atomic.Int32
 	// release, when set, makes the handler wait for it before answering.
 	release chan struct{}
 	started chan struct{}
@@ -36,7 +43,11 @@ type bundle struct {
 
 // setup serves POST /orders: it inserts an order row through the request's
 // transaction and answers 201 with the order id. A body of "fail" answers
-// 500, "panic" panics, "big" writes 2 MiB.
+// 500, "panic" panics, "big" writes 2 MiB, "silent" writes nothing (an
+// implicit 200), "early-hints" sends 103 before its 201, "bad-status" calls
+// WriteHeader(42). Any method on paths under /raw/ reaches the same handler
+// without a ServeMux, so r.Pattern is empty and the default Endpoint holds
+// the path.
 func setup(t *testing.T, mutate func(*idempotency.Config)) *bundle {
 	t.Helper()
 	pool := pgtest.Pool(t)
@@ -55,7 +66,8 @@ func setup(t *testing.T, mutate func(*idempotency.Config)) *bundle {
 	if err := inbox.Migrate(ctx, pool, cfg.Inbox); err != nil {
 		t.Fatal(err)
 	}
-	b := &bundle{pool: pool, orders: pgx.Identifier{schema, "orders"}.Sanitize(), calls: &atomic.Int32{}, started: make(chan struct{}, 100)}
+	b := &bundle{pool: pool, orders: pgx.Identifier{schema, "orders"}.Sanitize(), inbox: pgx.Identifier{schema, "inbox"}.Sanitize(),
+		calls: &atomic.Int32{}, started: make(chan struct{}, 100)}
 	if _, err := pool.Exec(ctx, "CREATE TABLE "+b.orders+" (id bigserial PRIMARY KEY, body text NOT NULL)"); err != nil {
 		t.Fatal(err)
 	}
@@ -63,8 +75,7 @@ func setup(t *testing.T, mutate func(*idempotency.Config)) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("POST /orders", mw.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	wrapped := mw.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.calls.Add(1)
 		b.started <- struct{}{}
 		if b.release != nil {
@@ -88,13 +99,32 @@ func setup(t *testing.T, mutate func(*idempotency.Config)) *bundle {
 		case "invalid":
 			http.Error(w, "invalid order", http.StatusBadRequest)
 			return
+		case "silent":
+			return
+		case "early-hints":
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		case "bad-status":
+			w.WriteHeader(42)
+			fmt.Fprint(w, "?")
+			return
 		}
 		w.Header().Set("Location", fmt.Sprintf("/orders/%d", id))
 		w.Header().Set("X-Not-Stored", "x")
 		w.WriteHeader(http.StatusCreated)
 		fmt.Fprintf(w, `{"id":%d}`, id)
-	})))
-	b.server = httptest.NewServer(mux)
+	}))
+	mux := http.NewServeMux()
+	mux.Handle("POST /orders", wrapped)
+	mux.Handle("POST /items/{name}", wrapped)
+	b.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/raw/") {
+			wrapped.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	b.server = httptest.NewServer(b.handler)
 	t.Cleanup(b.server.Close)
 	return b
 }
@@ -108,7 +138,13 @@ type response struct {
 
 func (b *bundle) post(t *testing.T, key, user, body string) response {
 	t.Helper()
-	req, err := http.NewRequest("POST", b.server.URL+"/orders", strings.NewReader(body))
+	return b.postTo(t, "/orders", key, user, body)
+}
+
+// postTo posts to path, which is sent as it is (percent-escapes included).
+func (b *bundle) postTo(t *testing.T, path, key, user, body string) response {
+	t.Helper()
+	req, err := http.NewRequest("POST", b.server.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +152,11 @@ func (b *bundle) post(t *testing.T, key, user, body string) response {
 		req.Header.Set("Idempotency-Key", key)
 	}
 	req.Header.Set("X-User", user)
+	return b.do(t, req)
+}
+
+func (b *bundle) do(t *testing.T, req *http.Request) response {
+	t.Helper()
 	resp, err := b.server.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +166,14 @@ func (b *bundle) post(t *testing.T, key, user, body string) response {
 	return response{resp.StatusCode, string(raw), resp.Header, resp.Header.Get(idempotency.ReplayedHeader) == "true"}
 }
 
+// serve sends req straight to the handler, past net/http's own checks of
+// header values.
+func (b *bundle) serve(req *http.Request) response {
+	rec := httptest.NewRecorder()
+	b.handler.ServeHTTP(rec, req)
+	return response{rec.Code, rec.Body.String(), rec.Header(), rec.Header().Get(idempotency.ReplayedHeader) == "true"}
+}
+
 func (b *bundle) orderCount(t *testing.T) int {
 	t.Helper()
 	var n int
@@ -132,6 +181,23 @@ func (b *bundle) orderCount(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func (b *bundle) keyCount(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.inbox).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// randomText returns n random characters, all valid in a path and in a key,
+// that Postgres cannot compress.
+func randomText(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails
+	return base64.RawURLEncoding.EncodeToString(b)[:n]
 }
 
 func TestFirstRunsRepeatReplays(t *testing.T) {
@@ -201,12 +267,13 @@ func TestCallersAreSeparate(t *testing.T) {
 	}
 }
 
-// TestFailureLeavesNoKey: a 5xx, a panic or an oversized response rolls
-// everything back, and a retry with the same key runs again.
+// TestFailureLeavesNoKey: a 5xx, a panic, an oversized response or an
+// invalid status code (which net/http answers with a panic) rolls everything
+// back, and a retry with the same key runs again.
 func TestFailureLeavesNoKey(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	for _, body := range []string{"fail", "panic", "big"} {
+	for _, body := range []string{"fail", "panic", "big", "bad-status"} {
 		r := b.post(t, "k-"+body, "alice", body)
 		if r.status < 500 {
 			t.Errorf("%s: status %d, want 5xx", body, r.status)
@@ -347,5 +414,67 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := idempotency.New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// TestSilentHandler: a handler that returns without writing is answered 200
+// by net/http; that 200 is what is stored and replayed.
+func TestSilentHandler(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	if r := b.post(t, "k-silent", "alice", "silent"); r.status != 200 || r.replayed || r.body != "" {
+		t.Fatalf("first: %+v", r)
+	}
+	if r := b.post(t, "k-silent", "alice", "silent"); r.status != 200 || !r.replayed || r.body != "" {
+		t.Fatalf("replay: %+v, want an empty 200", r)
+	}
+	var raw []byte
+	if err := b.pool.QueryRow(context.Background(), "SELECT result FROM "+b.inbox).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	var s struct{ Status int }
+	if err := json.Unmarshal(raw, &s); err != nil || s.Status != 200 {
+		t.Fatalf("stored %s (%v), want status 200", raw, err)
+	}
+}
+
+// TestReplayStatusZero: rows stored with status 0 (by versions that kept the
+// status of a handler that wrote nothing) replay as the 200 net/http sent,
+// and rows with an invalid status answer 500 instead of panicking.
+func TestReplayStatusZero(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.post(t, "k-old", "alice", "silent")
+	if _, err := b.pool.Exec(context.Background(), "UPDATE "+b.inbox+` SET result = '{"status":0,"body":null}'`); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if r := b.post(t, "k-old", "alice", "silent"); r.status != 200 || !r.replayed || r.body != "" {
+			t.Fatalf("replay of a status-0 row: %+v, want an empty 200", r)
+		}
+	}
+	// Versions that took any WriteHeader code stored it, then net/http
+	// panicked on it: a replay answers 500 rather than panic again.
+	if _, err := b.pool.Exec(context.Background(), "UPDATE "+b.inbox+` SET result = '{"status":42,"body":null}'`); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.post(t, "k-old", "alice", "silent"); r.status != 500 || !strings.Contains(r.body, "invalid status") {
+		t.Fatalf("replay of a status-42 row: %+v, want a 500 that says why", r)
+	}
+	if n := b.calls.Load(); n != 1 {
+		t.Fatalf("the handler ran %d times, want 1", n)
+	}
+}
+
+// TestEarlyHints: a 1xx before the final status is not taken for it.
+func TestEarlyHints(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	first := b.post(t, "k-hints", "alice", "early-hints")
+	if first.status != 201 || first.replayed {
+		t.Fatalf("first: %+v, want 201", first)
+	}
+	if r := b.post(t, "k-hints", "alice", "early-hints"); r.status != 201 || !r.replayed || r.body != first.body {
+		t.Fatalf("replay: %+v, want a replay of %+v", r, first)
 	}
 }
