@@ -152,7 +152,15 @@ type stored struct {
 // Wrap returns h made idempotent.
 func (m *Middleware) Wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key := r.Header.Get(m.cfg.Header)
+		keys := r.Header.Values(m.cfg.Header)
+		if len(keys) > 1 {
+			problem(w, http.StatusBadRequest, fmt.Sprintf("ambiguous %s: the request has %d %s headers; send exactly one", m.cfg.Header, len(keys), m.cfg.Header))
+			return
+		}
+		var key string
+		if len(keys) == 1 {
+			key = keys[0]
+		}
 		if key == "" && m.cfg.Optional {
 			m.serveWithoutKey(w, r, h)
 			return

@@ -478,3 +478,31 @@ func TestEarlyHints(t *testing.T) {
 		t.Fatalf("replay: %+v, want a replay of %+v", r, first)
 	}
 }
+
+// TestTwoKeys: two Idempotency-Key headers are ambiguous, with or without
+// Optional: refused, and nothing runs.
+func TestTwoKeys(t *testing.T) {
+	t.Parallel()
+	for _, optional := range []bool{false, true} {
+		t.Run(fmt.Sprintf("optional=%v", optional), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(c *idempotency.Config) { c.Optional = optional })
+			for _, keys := range [][]string{{"k-1", "k-2"}, {"k-1", "k-1"}, {"", "k-1"}} {
+				req, err := http.NewRequest("POST", b.server.URL+"/orders", strings.NewReader("tea"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, k := range keys {
+					req.Header.Add("Idempotency-Key", k)
+				}
+				req.Header.Set("X-User", "alice")
+				if r := b.do(t, req); r.status != 400 || !strings.Contains(r.body, "ambiguous") {
+					t.Errorf("keys %q: %+v, want 400 naming the ambiguity", keys, r)
+				}
+			}
+			if b.calls.Load() != 0 || b.orderCount(t) != 0 || b.keyCount(t) != 0 {
+				t.Fatalf("%d handler runs, %d orders, %d keys; want none", b.calls.Load(), b.orderCount(t), b.keyCount(t))
+			}
+		})
+	}
+}
