@@ -14,7 +14,12 @@
 //   - a repeat with a different method, path or body gets 422;
 //   - a repeat while the first is still running gets 409 with Retry-After
 //     (or waits up to Config.InFlightWait for the first to finish);
-//   - a request without the key gets 400 (unless Config.Optional);
+//   - a request without the key gets 400 (unless Config.Optional), and so
+//     does one with two Idempotency-Key headers (ambiguous) or with a path
+//     that is not UTF-8 text or holds control characters (%00, %FF, %0A);
+//     a path longer than Config.MaxPathLen (1024 bytes) gets 414;
+//   - a handler that returns without writing is stored and replayed as the
+//     200 net/http sent for it;
 //   - a handler that answers 5xx, panics, or writes more than
 //     Config.MaxResponseBytes is rolled back and leaves no key behind, so a
 //     retry runs it again.

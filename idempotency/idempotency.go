@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -25,6 +27,7 @@ import (
 const (
 	HeaderDefault           = "Idempotency-Key"
 	MaxKeyLenDefault        = 255
+	MaxPathLenDefault       = 1024
 	MaxBodyBytesDefault     = 1 << 20
 	MaxResponseBytesDefault = 1 << 20
 	InFlightWaitDefault     = 0
@@ -32,6 +35,17 @@ const (
 
 // ReplayedHeader marks a response replayed from the store.
 const ReplayedHeader = "Idempotent-Replayed"
+
+// maxKeyEntry is the most bytes of scope and stored token one entry of the
+// inbox's primary key (scope, token) holds. Postgres refuses b-tree entries
+// over 2704 bytes with 8 kB pages, headers and alignment included; a scope
+// and token of 2685 bytes together that do not compress were measured to
+// fit. A stored token is the key and one kind byte.
+const maxKeyEntry = 2640
+
+// methodAndCallerRoom is the part of a scope MaxPathLen leaves to the
+// method, the separators and the caller.
+const methodAndCallerRoom = 256
 
 // Config configures a Middleware. Pool is required.
 type Config struct {
@@ -59,6 +73,14 @@ type Config struct {
 	InFlightWait time.Duration
 	// MaxKeyLen is the longest key accepted, in bytes. Defaults to 255.
 	MaxKeyLen int
+	// MaxPathLen is the longest request path accepted with a key, in bytes
+	// (after percent-decoding); a longer one is answered 414 URI Too Long.
+	// A path that is not UTF-8 text or holds control characters (%00, %FF,
+	// %0A, ...) is answered 400. Without a route pattern the path is part
+	// of each key's scope, and a scope is stored in an index entry of
+	// bounded size: MaxPathLen can be at most 2383 - MaxKeyLen. Defaults
+	// to 1024.
+	MaxPathLen int
 	// MaxBodyBytes is the largest request body accepted (413 above it).
 	// Defaults to 1 MiB.
 	MaxBodyBytes int64
@@ -96,6 +118,7 @@ func New(cfg Config) (*Middleware, error) {
 	}
 	cfg.Header = cmp.Or(cfg.Header, HeaderDefault)
 	cfg.MaxKeyLen = cmp.Or(cfg.MaxKeyLen, MaxKeyLenDefault)
+	cfg.MaxPathLen = cmp.Or(cfg.MaxPathLen, MaxPathLenDefault)
 	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, MaxBodyBytesDefault)
 	cfg.MaxResponseBytes = cmp.Or(cfg.MaxResponseBytes, MaxResponseBytesDefault)
 	if cfg.StoredHeaders == nil {
@@ -118,6 +141,9 @@ func New(cfg Config) (*Middleware, error) {
 	switch {
 	case cfg.MaxKeyLen < 1 || cfg.MaxKeyLen > inbox.MaxTokenLen:
 		return nil, fmt.Errorf("idempotency: Config.MaxKeyLen: %d is not in 1..%d", cfg.MaxKeyLen, inbox.MaxTokenLen)
+	case cfg.MaxPathLen < 1 || cfg.MaxPathLen > maxScopeLen(cfg)-methodAndCallerRoom:
+		return nil, fmt.Errorf("idempotency: Config.MaxPathLen: %d is not in 1..%d (what a key's scope leaves to the path with MaxKeyLen %d)",
+			cfg.MaxPathLen, maxScopeLen(cfg)-methodAndCallerRoom, cfg.MaxKeyLen)
 	case cfg.MaxBodyBytes < 1:
 		return nil, fmt.Errorf("idempotency: Config.MaxBodyBytes: must be positive, got %d", cfg.MaxBodyBytes)
 	case cfg.MaxResponseBytes < 1:
@@ -149,6 +175,10 @@ type stored struct {
 	Body    []byte              `json:"body"`
 }
 
+// maxScopeLen is the longest scope that fits in an index entry beside the
+// longest key cfg accepts.
+func maxScopeLen(cfg Config) int { return maxKeyEntry - (cfg.MaxKeyLen + 1) }
+
 // Wrap returns h made idempotent.
 func (m *Middleware) Wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -178,12 +208,42 @@ func (m *Middleware) Wrap(h http.Handler) http.Handler {
 			problem(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		// The path goes into the key's scope (a text column, part of an
+		// index) when the route has no pattern.
+		if len(r.URL.Path) > m.cfg.MaxPathLen {
+			problem(w, http.StatusRequestURITooLong, fmt.Sprintf("the request path is longer than %d bytes", m.cfg.MaxPathLen))
+			return
+		}
+		if !isText(r.URL.Path, true) {
+			problem(w, http.StatusBadRequest, "the request path must be UTF-8 text without control characters (such as %00 or %0A)")
+			return
+		}
 		caller, err := m.cfg.Caller(r)
 		if err != nil {
 			problem(w, http.StatusUnauthorized, "unauthenticated")
 			return
 		}
+		// The scope keeps keys of different endpoints and callers apart. An
+		// endpoint has no newline, so the first one separates the two.
+		endpoint := m.cfg.Endpoint(r)
+		switch {
+		case !isText(endpoint, false) || strings.Contains(endpoint, "\n"):
+			problem(w, http.StatusBadRequest, "the request's method and path must be UTF-8 text without NUL or line breaks")
+			return
+		case !isText(caller, false):
+			problem(w, http.StatusBadRequest, "the caller's identity must be UTF-8 text without NUL")
+			return
+		case len(endpoint)+1+len(caller) > maxScopeLen(m.cfg):
+			problem(w, http.StatusBadRequest, fmt.Sprintf("the request's method and path (%d bytes) and the caller's identity (%d bytes) are too long to store with a key: at most %d bytes together",
+				len(endpoint), len(caller), maxScopeLen(m.cfg)-1))
+			return
+		}
 		body, err := io.ReadAll(io.LimitReader(r.Body, m.cfg.MaxBodyBytes+1))
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) { // a limit set in front of the middleware
+			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", tooLarge.Limit))
+			return
+		}
 		if err != nil {
 			problem(w, http.StatusBadRequest, "cannot read body: "+err.Error())
 			return
@@ -193,9 +253,7 @@ func (m *Middleware) Wrap(h http.Handler) http.Handler {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		// The scope keeps keys of different endpoints and callers apart. An
-		// endpoint has no newline, so the first one separates the two.
-		store := m.store.WithScope(m.cfg.Endpoint(r) + "\n" + caller)
+		store := m.store.WithScope(endpoint + "\n" + caller)
 		fp := fingerprint(r, body)
 		m.serve(w, r, h, store, tok, fp)
 	})
@@ -357,6 +415,20 @@ func fingerprint(r *http.Request, body []byte) []byte {
 	h.Write([]byte(r.Method + " " + r.URL.RequestURI() + "\x00"))
 	h.Write(body)
 	return h.Sum(nil)[:16]
+}
+
+// isText reports whether s is UTF-8 without NUL, and, when noControls, without
+// any other control character either.
+func isText(s string, noControls bool) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 || noControls && (s[i] < 0x20 || s[i] == 0x7f) {
+			return false
+		}
+	}
+	return true
 }
 
 func printable(s string) bool {

@@ -241,6 +241,15 @@ func TestRules(t *testing.T) {
 			t.Errorf("key %q: status %d, want 400", key, r.status)
 		}
 	}
+	// Keys net/http would refuse to carry, handed to the handler directly.
+	for _, key := range []string{"nul\x00here", "bad\xffutf8", "new\nline", strings.Repeat("k", 5000)} {
+		req := httptest.NewRequest("POST", "/orders", strings.NewReader("tea"))
+		req.Header.Set("Idempotency-Key", key)
+		req.Header.Set("X-User", "alice")
+		if r := b.serve(req); r.status != 400 {
+			t.Errorf("key %q: status %d, want 400", key, r.status)
+		}
+	}
 	if r := b.post(t, "huge-body", "alice", strings.Repeat("x", 2<<20)); r.status != 413 {
 		t.Errorf("huge body: status %d, want 413", r.status)
 	}
@@ -407,6 +416,9 @@ func TestConfigErrors(t *testing.T) {
 	for _, cfg := range []idempotency.Config{
 		{},
 		{Pool: pool, MaxKeyLen: 5000},
+		{Pool: pool, MaxPathLen: -1},
+		{Pool: pool, MaxPathLen: 5000},
+		{Pool: pool, MaxKeyLen: inbox.MaxTokenLen, MaxPathLen: 1360}, // scope and key would not fit an index entry
 		{Pool: pool, MaxBodyBytes: -1},
 		{Pool: pool, InFlightWait: -time.Second},
 		{Pool: pool, Inbox: inbox.Config{Table: strings.Repeat("t", 70)}},
@@ -414,6 +426,9 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := idempotency.New(cfg); err == nil {
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+	if _, err := idempotency.New(idempotency.Config{Pool: pool, MaxKeyLen: inbox.MaxTokenLen, MaxPathLen: 1359}); err != nil {
+		t.Errorf("the longest MaxPathLen beside the longest MaxKeyLen: %v", err)
 	}
 }
 
@@ -504,5 +519,93 @@ func TestTwoKeys(t *testing.T) {
 				t.Fatalf("%d handler runs, %d orders, %d keys; want none", b.calls.Load(), b.orderCount(t), b.keyCount(t))
 			}
 		})
+	}
+}
+
+// TestBadPaths: without a route pattern the path is part of the key's
+// scope. Bytes a text column cannot hold, a line break (which separates
+// endpoint and caller in the scope) and paths longer than MaxPathLen are
+// refused before anything runs or is stored.
+func TestBadPaths(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, tc := range []struct {
+		path string
+		want int
+	}{
+		{"/raw/a%00b", 400},
+		{"/raw/a%FFb", 400},
+		{"/raw/a%C3", 400},
+		{"/raw/a%0Ab", 400},
+		{"/raw/a%0Db", 400},
+		{"/raw/" + randomText(idempotency.MaxPathLenDefault-4), 414},
+		{"/raw/" + randomText(3000), 414},
+		{"/raw/" + randomText(100_000), 414},
+	} {
+		r := b.postTo(t, tc.path, "k-path", "alice", "tea")
+		if r.status != tc.want || !strings.Contains(r.body, "path") {
+			short := tc.path[:min(len(tc.path), 20)]
+			t.Errorf("POST %s… (%d bytes): %d %s, want %d naming the path", short, len(tc.path), r.status, r.body, tc.want)
+		}
+	}
+	if b.calls.Load() != 0 || b.orderCount(t) != 0 || b.keyCount(t) != 0 {
+		t.Fatalf("%d handler runs, %d orders, %d keys; want none", b.calls.Load(), b.orderCount(t), b.keyCount(t))
+	}
+	// The longest path accepted, with the longest key and a long caller,
+	// fits in the inbox's index.
+	b = setup(t, func(c *idempotency.Config) { c.MaxKeyLen = inbox.MaxTokenLen })
+	path := "/raw/" + randomText(idempotency.MaxPathLenDefault-5)
+	key, user := randomText(inbox.MaxTokenLen), randomText(500)
+	first := b.postTo(t, path, key, user, "tea")
+	if first.status != 201 {
+		t.Fatalf("longest path and key: %+v, want 201", first)
+	}
+	if r := b.postTo(t, path, key, user, "tea"); r.status != 201 || !r.replayed || r.body != first.body {
+		t.Fatalf("longest path and key, again: %+v, want a replay of %+v", r, first)
+	}
+	// A route pattern keeps the path out of the scope; it is checked all the same.
+	if r := b.postTo(t, "/items/a%FF", "k-pattern", "alice", "tea"); r.status != 400 {
+		t.Errorf("POST /items/a%%FF: %d %s, want 400", r.status, r.body)
+	}
+}
+
+// TestBadCallers: a caller that cannot be part of a scope (bytes a text
+// column cannot hold, or too long to index) is refused, not a 500.
+func TestBadCallers(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, user := range []string{"nul\x00here", "bad\xffutf8", randomText(3000)} {
+		req := httptest.NewRequest("POST", "/orders", strings.NewReader("tea"))
+		req.Header.Set("Idempotency-Key", "k-caller")
+		req.Header.Set("X-User", user)
+		if r := b.serve(req); r.status != 400 || !strings.Contains(r.body, "caller") {
+			t.Errorf("caller %q…: %d %s, want 400 naming the caller", user[:min(len(user), 20)], r.status, r.body)
+		}
+	}
+	// A long method, part of the default Endpoint without a route pattern.
+	req := httptest.NewRequest(randomText(3000), "/raw/x", strings.NewReader("tea"))
+	req.Header.Set("Idempotency-Key", "k-method")
+	req.Header.Set("X-User", "alice")
+	if r := b.serve(req); r.status != 400 {
+		t.Errorf("3000-byte method: %d %s, want 400", r.status, r.body)
+	}
+	if b.calls.Load() != 0 || b.orderCount(t) != 0 || b.keyCount(t) != 0 {
+		t.Fatalf("%d handler runs, %d orders, %d keys; want none", b.calls.Load(), b.orderCount(t), b.keyCount(t))
+	}
+}
+
+// TestBodyLimitOutside: a body cut by an http.MaxBytesReader in front of the
+// middleware is answered 413, like one over MaxBodyBytes.
+func TestBodyLimitOutside(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("POST", "/orders", nil)
+	req.Body = http.MaxBytesReader(rec, io.NopCloser(strings.NewReader(strings.Repeat("x", 100))), 10)
+	req.Header.Set("Idempotency-Key", "k-limited")
+	req.Header.Set("X-User", "alice")
+	b.handler.ServeHTTP(rec, req)
+	if rec.Code != 413 {
+		t.Fatalf("body over an outer limit: %d %s, want 413", rec.Code, rec.Body)
 	}
 }
