@@ -394,6 +394,10 @@ func (s *Store) SetResult(ctx context.Context, tx pgx.Tx, t Token, result []byte
 // returns how many it deleted. It is safe while consumers run, but a message
 // redelivered after its token was pruned is processed again: keep tokens
 // longer than any redelivery window (see the package documentation).
+// Tokens are stamped by the database's clock (processed_at DEFAULT now()),
+// so derive before from the database's now() rather than the caller's clock,
+// as `exactly prune` does: a client clock running ahead prunes younger tokens
+// than intended.
 func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 	var total int64
 	for {

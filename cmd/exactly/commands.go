@@ -798,11 +798,19 @@ func replayID(topic string, partition int, offset int64) string {
 
 // ---- prune
 
+// pruneFloor is the youngest -older-than that prune accepts without -force.
+// Tokens must outlive every redelivery of their messages (days: topic
+// retention, offset expiry, dead-letter replays); a token pruned younger
+// turns the next redelivery into a second application of its effects. An
+// age below an hour is almost certainly a typo (1s for 1d, 30m for 30d).
+const pruneFloor = time.Hour
+
 func pruneCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
-	olderThan := fs.String("older-than", "", "delete tokens claimed longer ago than this (e.g. 30d, 720h); required")
+	olderThan := fs.String("older-than", "", "delete tokens claimed longer ago than this (e.g. 30d, 720h), by the database's clock; required")
 	scope := fs.String("scope", "", "only this scope (default: every scope)")
 	batch := fs.Int("batch", inbox.PruneBatchSizeDefault, "tokens deleted per transaction")
 	dryRun := fs.Bool("dry-run", false, "count what would be deleted, delete nothing")
+	force := fs.Bool("force", false, fmt.Sprintf("allow an -older-than below %gh", pruneFloor.Hours()))
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
 		if *olderThan == "" {
 			return usageError{"prune needs -older-than"}
@@ -810,6 +818,9 @@ func pruneCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error
 		age, err := parseAge(*olderThan)
 		if err != nil || age <= 0 {
 			return usageError{fmt.Sprintf("-older-than %q is not a positive age like 30d or 720h", *olderThan)}
+		}
+		if age < pruneFloor && !*force {
+			return usageError{fmt.Sprintf("-older-than %s is below %gh: a token pruned that young turns the next redelivery of its message into a second application; pass -force to prune anyway", *olderThan, pruneFloor.Hours())}
 		}
 		if *batch < 1 {
 			return usageError{"-batch must be positive"}
@@ -833,7 +844,11 @@ func pruneCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error
 				return err
 			}
 		}
-		before := time.Now().Add(-age)
+		// The cut-off by the database's clock, which stamped processed_at.
+		var before time.Time
+		if err := e.pool.QueryRow(ctx, e.sql["prune_cutoff"], age.Microseconds()).Scan(&before); err != nil {
+			return fmt.Errorf("prune cut-off: %w", err)
+		}
 		result := map[string]int64{}
 		var total int64
 		for _, sc := range scopes {

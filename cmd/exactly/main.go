@@ -5,7 +5,7 @@
 //	exactly status [-brokers host:port] [-group G]...
 //	exactly dead-letters list|show|replay|discard
 //	exactly outbox-dead-letters list|show|replay|discard
-//	exactly prune -older-than 30d [-scope S] [-dry-run]
+//	exactly prune -older-than 30d [-scope S] [-dry-run] [-force]
 //
 // Every command takes -dsn (default $DATABASE_URL), -schema and the table
 // names, and -json for output meant for scripts. Exit status: 0 success, 1
@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -62,7 +63,8 @@ Usage:
   exactly outbox-dead-letters list|show|replay|discard [flags] [ID...]
                                                the same for messages Kafka rejected from the outbox
                                                (replay re-enqueues them with their message ids)
-  exactly prune -older-than AGE [flags]        delete inbox tokens older than AGE (e.g. 30d)
+  exactly prune -older-than AGE [flags]        delete inbox tokens older than AGE (e.g. 30d) by the
+                                               database's clock; AGE below 1h needs -force
 
 Run "exactly COMMAND -h" for the flags of a command. Exit status: 0 success,
 1 failure, 2 bad usage, 3 database not migrated, 4 not found.
@@ -293,6 +295,9 @@ func (e *env) require(ctx context.Context, tables ...string) error {
 func parseAge(s string) (time.Duration, error) {
 	if n, ok := strings.CutSuffix(s, "d"); ok {
 		d, err := time.ParseDuration(n + "h")
+		if err == nil && (d > math.MaxInt64/24 || d < math.MinInt64/24) {
+			return 0, fmt.Errorf("%q is longer than a time.Duration holds (about 106751d)", s)
+		}
 		return d * 24, err
 	}
 	return time.ParseDuration(s)

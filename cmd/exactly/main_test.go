@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,7 +87,7 @@ func TestMigrate(t *testing.T) {
 
 func TestUsageAndConnectionErrors(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{}, {"bogus"}, {"migrate"}, {"migrate", "sideways"}, {"prune"}, {"prune", "-older-than", "soon"},
+	for _, args := range [][]string{{}, {"bogus"}, {"migrate"}, {"migrate", "sideways"}, {"prune"}, {"prune", "-older-than", "soon"}, {"prune", "-older-than", "2000000d"},
 		{"dead-letters", "show"}, {"dead-letters", "replay"}, {"status", "extra"}, {"dead-letters", "show", "x"}, {"status", "-inbox-table", strings.Repeat("x", 70)}} {
 		if code, _, _ := cli(t, args...); code != exitUsage {
 			t.Errorf("exactly %v: exit %d, want %d", args, code, exitUsage)
@@ -559,6 +560,118 @@ func TestStatusAndPrune(t *testing.T) {
 	cliJSON(t, &st, "status", "-schema", b.schema)
 	if pr.Total != 15 || st.Inbox[0].Tokens != 5 {
 		t.Fatalf("prune deleted %d, %d tokens left; want 15 and 5", pr.Total, st.Inbox[0].Tokens)
+	}
+}
+
+// TestPruneFloorAndDatabaseClock: prune refuses an -older-than below
+// pruneFloor unless -force, and computes its cut-off from the database's
+// clock. The database's now() is moved two days back for the CLI's session
+// (a now() function in a schema ahead of pg_catalog on its search_path): a
+// cut-off from the client's clock would count and delete more.
+func TestPruneFloorAndDatabaseClock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t)
+	schema := pgtest.Schema(t, pool)
+	if code, _, errOut := cli(t, "migrate", "up", "-schema", schema); code != 0 {
+		t.Fatal(errOut)
+	}
+	store, err := inbox.New(pool, inbox.Config{Schema: schema, Scope: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ages := map[string]string{"3d": "3 days", "1d": "1 day", "10s": "10 seconds", "future": "-1 hour"}
+	for name := range ages {
+		inTx(t, pool, func(tx pgx.Tx) error {
+			_, err := store.Claim(ctx, tx, inbox.Request{Token: mustToken(t, name), Fingerprint: []byte(name)})
+			return err
+		})
+	}
+	table := pgx.Identifier{schema, "inbox"}.Sanitize()
+	for name, age := range ages {
+		if _, err := pool.Exec(ctx, "UPDATE "+table+" SET processed_at = pg_catalog.now() - $2::interval WHERE fingerprint = $1",
+			[]byte(name), age); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// Below the floor: refused, nothing deleted.
+	for _, age := range []string{"1s", "59m", "0.5h"} {
+		code, _, errOut := cli(t, "prune", "-schema", schema, "-older-than", age)
+		if code != exitUsage || !strings.Contains(errOut, "-older-than "+age+" is below 1h") || !strings.Contains(errOut, "-force") {
+			t.Errorf("prune -older-than %s: exit %d, %q; want a usage error naming the floor and -force", age, code, errOut)
+		}
+	}
+	if n := left(); n != 4 {
+		t.Fatalf("%d tokens left after refused prunes, want 4", n)
+	}
+
+	// The database's clock two days behind the client's.
+	if _, err := pool.Exec(ctx, "CREATE FUNCTION "+pgx.Identifier{schema, "now"}.Sanitize()+
+		"() RETURNS timestamptz LANGUAGE sql STABLE AS $$ SELECT pg_catalog.now() - interval '2 days' $$"); err != nil {
+		t.Fatal(err)
+	}
+	skewed := pgtest.DSN() + "&search_path=" + url.QueryEscape(pgx.Identifier{schema}.Sanitize()+",pg_catalog")
+	prune := func(args ...string) (pr struct {
+		Before time.Time
+		Total  int64
+	}) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := run(ctx, append(append([]string{"prune", "-schema", schema, "-json"}, args...), "-dsn", skewed), &out, &errOut); code != 0 {
+			t.Fatalf("prune %v: exit %d: %s", args, code, errOut.String())
+		}
+		if err := json.Unmarshal(out.Bytes(), &pr); err != nil {
+			t.Fatalf("prune %v: %v\n%s", args, err, out.String())
+		}
+		return pr
+	}
+	var want time.Time
+	if err := pool.QueryRow(ctx, "SELECT pg_catalog.now() - interval '2 days 2 hours'").Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	pr := prune("-older-than", "2h", "-dry-run")
+	if pr.Total != 1 || pr.Before.Sub(want).Abs() > time.Minute {
+		t.Fatalf("dry run with the database two days behind: %d tokens before %s; want 1 (the 3-day-old) before %s", pr.Total, pr.Before, want)
+	}
+	if pr = prune("-older-than", "2h"); pr.Total != 1 || left() != 3 {
+		t.Fatalf("prune with the database two days behind deleted %d, left %d; want 1 and 3", pr.Total, left())
+	}
+	// At the floor, and below it with -force.
+	if pr = prune("-older-than", "1h"); pr.Total != 0 {
+		t.Fatalf("prune -older-than 1h deleted %d, want 0", pr.Total)
+	}
+	if pr = prune("-older-than", "1s", "-force"); pr.Total != 0 {
+		t.Fatalf("prune -older-than 1s -force with the database two days behind deleted %d, want 0", pr.Total)
+	}
+	var res struct{ Total int64 }
+	cliJSON(t, &res, "prune", "-schema", schema, "-older-than", "1s", "-force")
+	if res.Total != 2 || left() != 1 {
+		t.Fatalf("prune -older-than 1s -force deleted %d, left %d; want 2 (1d and 10s) and the future one", res.Total, left())
+	}
+}
+
+func mustToken(t *testing.T, s string) inbox.Token {
+	t.Helper()
+	tk, err := inbox.ParseToken(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
+}
+
+// inTx runs fn in a transaction and commits it.
+func inTx(t *testing.T, pool *pgxpool.Pool, fn func(pgx.Tx) error) {
+	t.Helper()
+	if err := pgx.BeginFunc(context.Background(), pool, fn); err != nil {
+		t.Fatal(err)
 	}
 }
 
