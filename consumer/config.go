@@ -89,6 +89,13 @@ type Config struct {
 	// A consumer that dies without leaving holds its partitions for
 	// SessionTimeout. Default to 30s and 3s.
 	SessionTimeout, HeartbeatInterval time.Duration
+	// ReadUncommitted reads records of transactions that are still open or
+	// were aborted, as Kafka's read_uncommitted isolation does. By default
+	// the consumer reads committed: it stops at the last stable offset and
+	// drops records of aborted transactions, whose effects must not happen
+	// since for Kafka those records never existed. Transaction markers
+	// (control records) are skipped in either mode. Defaults to false.
+	ReadUncommitted bool
 	// FetchMaxWait is how long the broker may hold an empty fetch.
 	// Defaults to 500ms.
 	FetchMaxWait time.Duration
@@ -191,6 +198,13 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("consumer: Config.StartOffset: must be kafka.FirstOffset or kafka.LastOffset, got %d", c.StartOffset))
 	}
 	return errors.Join(errs...)
+}
+
+func (c Config) isolation() kafka.IsolationLevel {
+	if c.ReadUncommitted {
+		return kafka.ReadUncommitted
+	}
+	return kafka.ReadCommitted
 }
 
 func (c Config) deadLetterVars() map[string]string {

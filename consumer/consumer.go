@@ -1,11 +1,13 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -231,6 +233,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
+	transport := newTransport(c.cfg.Dialer, c.cfg.Topics)
+	defer transport.CloseIdleConnections()
 	c.log.Info("consumer started", "topics", c.cfg.Topics, "scope", c.cfg.Inbox.Scope)
 	var siblings *sync.WaitGroup // the partitions of the current generation
 	for {
@@ -258,7 +262,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
-				p := c.newPartition(gen, cm, topic, a)
+				p := c.newPartition(gen, cm, transport, topic, a)
 				gw.Add(1)
 				gen.Start(func(genCtx context.Context) {
 					p.run(ctx, genCtx)
@@ -306,6 +310,23 @@ func (c *Consumer) preflight(ctx context.Context) error {
 		return fmt.Errorf("consumer: %w", err)
 	}
 	return nil
+}
+
+// newTransport returns the transport the partitions fetch with, dialing
+// and authenticating as d does.
+func newTransport(d *kafka.Dialer, topics []string) *kafka.Transport {
+	dial := d.DialFunc
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: d.Timeout, Deadline: d.Deadline, LocalAddr: d.LocalAddr, FallbackDelay: d.FallbackDelay, KeepAlive: d.KeepAlive}).DialContext
+	}
+	return &kafka.Transport{
+		Dial:           dial,
+		DialTimeout:    cmp.Or(d.Timeout, 10*time.Second),
+		ClientID:       d.ClientID,
+		TLS:            d.TLS,
+		SASL:           d.SASLMechanism,
+		MetadataTopics: topics,
+	}
 }
 
 // waitOrDone waits for wg or ctx, whichever comes first. The goroutine it

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -90,5 +92,72 @@ func TestUnstorableDeadLetters(t *testing.T) {
 		case want.rawKey != "" && (len(g.raw) != 1 || !bytes.Equal(g.raw[0], []byte(want.rawKey))):
 			t.Errorf("dead letter %d: raw header keys %q, want %q", i, g.raw, want.rawKey)
 		}
+	}
+}
+
+// TestTransactionalProducer: records of aborted transactions are never
+// applied (read committed, the default), transaction markers never reach a
+// handler or the dead-letter table in either isolation level, and the
+// committed offset passes the markers to the end of the log.
+func TestTransactionalProducer(t *testing.T) {
+	t.Parallel()
+	var ops []string
+	for i := range 12 {
+		ops = append(ops, "plain:2", fmt.Sprintf("commit:%d", 5+i), fmt.Sprintf("abort:%d", 9+i))
+	}
+	ops = append(ops, "commit:3") // the log ends with a commit marker
+	for _, uncommitted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("read_uncommitted=%v", uncommitted), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, 1)
+			b.cfg.ReadUncommitted = uncommitted
+			kafkatest.ProduceTransactions(t, b.topic, "tx", ops...)
+			end := kafkatest.EndOffset(t, b.topic, 0)
+
+			c, err := consumer.New(b.cfg, insertEffect(b.effects))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, c)
+			waitCommitted(t, b, end)
+
+			counts := map[string]int{}
+			rows, err := b.pool.Query(context.Background(), "SELECT value, count(*) FROM "+b.effects+" GROUP BY value")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kind string
+			var n int
+			if _, err := pgx.ForEachRow(rows, []any{&kind, &n}, func() error { counts[kind] = n; return nil }); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]int{"plain": 24, "commit": 5*12 + 66 + 3}
+			if uncommitted {
+				want["abort"] = 9*12 + 66
+			}
+			if !maps.Equal(counts, want) {
+				t.Errorf("effects by kind: %v, want %v", counts, want)
+			}
+			var total int
+			checkEffectsOnce(t, b, &total)
+			if dl := deadLetters(t, b); len(dl) != 0 {
+				t.Errorf("dead letters: %v, want none (transaction markers are not messages)", dl)
+			}
+			if got := committed(t, b.cfg.GroupID, b.topic); got != end {
+				t.Errorf("committed offset %d, want the log end %d", got, end)
+			}
+		})
+	}
+}
+
+// checkEffectsOnce asserts no token was applied twice and returns the count.
+func checkEffectsOnce(t *testing.T, b bundle, total *int) {
+	t.Helper()
+	var distinct int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*), count(DISTINCT token) FROM "+b.effects).Scan(total, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if *total != distinct {
+		t.Fatalf("effects: %d rows for %d distinct tokens", *total, distinct)
 	}
 }

@@ -23,6 +23,7 @@ const (
 	MetricRetries        = "exactly.consumer.retries"
 	MetricBatchDuration  = "exactly.consumer.batch.duration"
 	MetricCommitErrors   = "exactly.consumer.offset_commit.errors"
+	MetricSkipped        = "exactly.consumer.skipped"
 	MetricLag            = "exactly.consumer.lag"
 	MetricInboxOldestAge = "exactly.inbox.oldest_age"
 )
@@ -40,6 +41,7 @@ type metrics struct {
 	retries       metric.Int64Counter
 	batchDuration metric.Float64Histogram
 	commitErrors  metric.Int64Counter
+	skipped       metric.Int64Counter
 
 	mu   sync.Mutex
 	lags map[lagKey]*atomic.Int64
@@ -72,6 +74,9 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 		return nil, err
 	}
 	if m.commitErrors, err = meter.Int64Counter(MetricCommitErrors, metric.WithDescription("Kafka offset commits that failed after the database commit (the messages are redelivered and skipped).")); err != nil {
+		return nil, err
+	}
+	if m.skipped, err = meter.Int64Counter(MetricSkipped, metric.WithDescription("Messages Kafka's retention deleted before the group processed them: lost to it. Any increase needs a person.")); err != nil {
 		return nil, err
 	}
 	_, err = meter.Int64ObservableGauge(MetricLag, metric.WithDescription("Messages between the last processed offset and the partition's high watermark."),

@@ -37,7 +37,10 @@ type partition struct {
 	start     int64
 	log       *slog.Logger
 	attrs     metric.MeasurementOption
+	transport *kafka.Transport
 	lag       *atomic.Int64
+	end       atomic.Int64 // where the partition ends (high watermark or last stable offset); -1 until known
+	done      atomic.Int64 // the offset after the last settled message; -1 until known
 }
 
 // item is a fetched message and what the consumer learned about it.
@@ -48,14 +51,18 @@ type item struct {
 	reason   string // non-empty: dead-letter without handling
 	err      error  // why, for reason; or the handler's last error
 	attempts int    // handler failures so far
+	commitTo int64  // the offset to commit once it is settled
 }
 
-func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, topic string, a kafka.PartitionAssignment) *partition {
-	return &partition{
-		c: c, gen: gen, committer: cm, topic: topic, id: a.ID, start: a.Offset,
+func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, transport *kafka.Transport, topic string, a kafka.PartitionAssignment) *partition {
+	p := &partition{
+		c: c, gen: gen, committer: cm, transport: transport, topic: topic, id: a.ID, start: a.Offset,
 		log:   c.log.With("topic", topic, "partition", a.ID, "generation", gen.ID),
 		attrs: metric.WithAttributes(attribute.String("group", c.cfg.GroupID)),
 	}
+	p.end.Store(-1)
+	p.done.Store(a.Offset)
+	return p
 }
 
 // run processes the partition until the generation ends (a rebalance) or
@@ -97,42 +104,33 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 	defer release()
 	p.lag = cell
 
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:       cfg.Brokers,
-		Topic:         p.topic,
-		Partition:     p.id,
-		Dialer:        cfg.Dialer,
-		MinBytes:      1,
-		MaxBytes:      max(10<<20, 2*cfg.MaxMessageBytes),
-		MaxWait:       cfg.FetchMaxWait,
-		QueueCapacity: cfg.BatchSize,
-		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
-			p.log.Debug("kafka-go reader: " + fmt.Sprintf(format, args...))
-		}),
-	})
-	defer r.Close()
-	if err := r.SetOffset(p.start); err != nil {
-		p.log.Error("cannot seek partition; leaving the generation", "offset", p.start, "err", err)
-		return
+	f := &fetcher{
+		transport: p.transport, addr: kafka.TCP(cfg.Brokers...), topic: p.topic, partition: p.id,
+		isolation: cfg.isolation(), maxBytes: fetchMaxBytes, maxWait: cfg.FetchMaxWait,
+		startOffset: cfg.StartOffset, next: p.start, onReset: p.reset,
 	}
+	chunks := make(chan fetched, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.fetchLoop(fetchCtx, f, chunks)
+	}()
 	p.log.Debug("partition assigned", "offset", p.start)
 
 	bo := p.c.newBackoff()
 
-	var pending []*item
+	var queue, pending []*item // fetched and waiting; the batch being settled
 	for {
 		if len(pending) == 0 {
-			pending = p.fetch(fetchCtx, r)
+			pending, queue = p.nextBatch(fetchCtx, chunks, queue)
 			if len(pending) == 0 {
 				return // fetchCtx ended
 			}
-			p.lag.Store(r.Lag())
 		}
 		n, err := p.process(procCtx, pending)
 		if n > 0 {
-			p.committer.add(p.topic, p.id, pending[n-1].msg.Offset+1)
+			p.settle(pending[n-1].commitTo)
 			pending = pending[n:]
-			p.lag.Store(r.Lag())
 		}
 		if err == nil {
 			bo.Reset()
@@ -171,41 +169,136 @@ func (c *Consumer) newBackoff() *backoff.ExponentialBackOff {
 	return bo
 }
 
-// fetch blocks for one message, then collects more for up to BatchWait, up
-// to BatchSize. It returns nil when ctx ends.
-func (p *partition) fetch(ctx context.Context, r *kafka.Reader) []*item {
-	cfg := &p.c.cfg
-	var first kafka.Message
+// fetchMaxBytes bounds one fetch response. Kafka returns a record batch
+// larger than this whole, so it limits memory, not message size: a partition
+// holds at most a batch being settled, one response waiting in the channel
+// and one being decoded.
+const fetchMaxBytes = 4 << 20
+
+// fetchLoop fetches the partition into chunks until ctx ends, retrying
+// failed fetches with backoff. A response that holds only control records or
+// aborted transactions is sent too, without messages, so that the committed
+// offset moves past them.
+func (p *partition) fetchLoop(ctx context.Context, f *fetcher, chunks chan<- fetched) {
 	var bo *backoff.ExponentialBackOff
+	sent := f.next
 	for {
-		m, err := r.FetchMessage(ctx)
-		if err == nil {
-			first = m
-			break
+		if f.next < 0 {
+			if err := f.resolveStart(ctx); err != nil {
+				if !p.fetchFailed(ctx, &bo, err) {
+					return
+				}
+				continue
+			}
+			sent = f.next
 		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if bo == nil {
-			bo = p.c.newBackoff()
-		}
-		wait := bo.NextBackOff()
-		p.log.Warn("fetch failed; retrying", "backoff", wait, "err", err)
-		if !waitBackoff(ctx, wait) {
-			return nil
-		}
-	}
-	items := []*item{p.prepare(first)}
-	wctx, cancel := context.WithTimeout(ctx, cfg.BatchWait)
-	defer cancel()
-	for len(items) < cfg.BatchSize {
-		m, err := r.FetchMessage(wctx)
+		fr, err := f.fetch(ctx)
 		if err != nil {
-			break
+			if !p.fetchFailed(ctx, &bo, err) {
+				return
+			}
+			continue
 		}
-		items = append(items, p.prepare(m))
+		bo = nil
+		p.end.Store(fr.end)
+		if len(fr.msgs) == 0 && fr.next == sent {
+			p.storeLag()
+			continue
+		}
+		sent = fr.next
+		select {
+		case chunks <- fr:
+		case <-ctx.Done():
+			return
+		}
 	}
-	return items
+}
+
+// fetchFailed logs a failed fetch and waits for the next try; it reports
+// false when ctx ended.
+func (p *partition) fetchFailed(ctx context.Context, bo **backoff.ExponentialBackOff, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if *bo == nil {
+		*bo = p.c.newBackoff()
+	}
+	wait := (*bo).NextBackOff()
+	p.log.Warn("fetch failed; retrying", "backoff", wait, "err", err)
+	return waitBackoff(ctx, wait)
+}
+
+// reset reports that reading moved from an offset the partition does not
+// hold to to. Forward, retention deleted messages before this group
+// processed them: they are lost to it, which an operator must hear of.
+func (p *partition) reset(from, to int64) {
+	if from < 0 || to <= from {
+		p.log.Warn("offset past the end of the partition (topic recreated or records lost by the broker); reading from "+map[bool]string{true: "its start", false: "its end"}[p.c.cfg.StartOffset == kafka.FirstOffset],
+			"offset", from, "now_at", to)
+		return
+	}
+	p.c.metrics.skipped.Add(context.Background(), to-from, p.attrs, metric.WithAttributes(attribute.String("topic", p.topic), attribute.Int("partition", p.id)))
+	p.log.Warn("messages deleted by Kafka's retention before they were processed; skipped", "from_offset", from, "to_offset", to, "skipped", to-from)
+}
+
+// nextBatch returns the next batch to settle and what stays queued: it
+// waits for a first message, then up to BatchWait for more, up to
+// BatchSize. It returns no batch when ctx ended.
+func (p *partition) nextBatch(ctx context.Context, chunks <-chan fetched, queue []*item) (batch, rest []*item) {
+	cfg := &p.c.cfg
+	add := func(fr fetched) {
+		for _, m := range fr.msgs {
+			it := p.prepare(m)
+			it.commitTo = m.Offset + 1
+			queue = append(queue, it)
+		}
+		switch {
+		case len(queue) > 0:
+			// Settling the last message also passes what was skipped after it.
+			queue[len(queue)-1].commitTo = max(queue[len(queue)-1].commitTo, fr.next)
+		case fr.next > 0:
+			p.settle(fr.next) // only markers or aborted records: nothing to settle
+		}
+	}
+	for len(queue) == 0 {
+		select {
+		case fr := <-chunks:
+			add(fr)
+		case <-ctx.Done():
+			return nil, queue
+		}
+	}
+	if len(queue) < cfg.BatchSize {
+		t := time.NewTimer(cfg.BatchWait)
+	fill:
+		for len(queue) < cfg.BatchSize {
+			select {
+			case fr := <-chunks:
+				add(fr)
+			case <-t.C:
+				break fill
+			case <-ctx.Done():
+				break fill
+			}
+		}
+		t.Stop()
+	}
+	n := min(len(queue), cfg.BatchSize)
+	return queue[:n:n], queue[n:]
+}
+
+// settle records that every message before offset next is settled in
+// Postgres: its offset may be committed.
+func (p *partition) settle(next int64) {
+	p.committer.add(p.topic, p.id, next)
+	p.done.Store(next)
+	p.storeLag()
+}
+
+func (p *partition) storeLag() {
+	if end, done := p.end.Load(), p.done.Load(); end >= 0 && done >= 0 {
+		p.lag.Store(max(0, end-done))
+	}
 }
 
 // prepare checks a message and finds its token once, before any attempt.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -63,12 +64,57 @@ func TLSCAFile(tb testing.TB) string {
 	if f := os.Getenv("KAFKA_TLS_CA"); f != "" {
 		return f
 	}
-	root := services.RepoRoot(tb)
+	return filepath.Join(stateDir(tb), "kafka", "tls", "ca.pem")
+}
+
+// stateDir is where deploy/local keeps the services' files:
+// $EXACTLY_STATE_DIR, default .local in the repository.
+func stateDir(tb testing.TB) string {
 	state := cmp.Or(os.Getenv("EXACTLY_STATE_DIR"), ".local")
 	if !filepath.IsAbs(state) {
-		state = filepath.Join(root, state) // make runs the scripts from the root
+		state = filepath.Join(services.RepoRoot(tb), state) // make runs the scripts from the root
 	}
-	return filepath.Join(state, "kafka", "tls", "ca.pem")
+	return state
+}
+
+// EndOffset returns the offset after the last record of a partition
+// (control records included).
+func EndOffset(tb testing.TB, topic string, partition int) int64 {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := kafka.DialLeader(ctx, "tcp", Brokers()[0], topic, partition)
+	if err != nil {
+		tb.Fatalf("kafkatest: dial leader of %s/%d: %v", topic, partition, err)
+	}
+	defer conn.Close()
+	end, err := conn.ReadLastOffset()
+	if err != nil {
+		tb.Fatalf("kafkatest: last offset of %s/%d: %v", topic, partition, err)
+	}
+	return end
+}
+
+// ProduceTransactions writes to topic with Kafka's Java client, which can
+// produce transactions (kafka-go cannot), using the broker's own jars. Each
+// op is kind:count with kind plain, commit or abort; record i has key
+// k<i%3>, the header Idempotency-Key prefix-<i> and the value kind
+// (java/TxProducer.java). It fails the test if the producer fails.
+func ProduceTransactions(tb testing.TB, topic, prefix string, ops ...string) {
+	tb.Helper()
+	root := services.RepoRoot(tb)
+	state := stateDir(tb)
+	args := append([]string{
+		"-Xmx256m", "-Dlog4j2.configurationFile=" + filepath.Join(state, "kafka", "tools-log4j2.properties"),
+		"-cp", filepath.Join(state, "kafka", "libs", "*"),
+		filepath.Join(root, "internal", "kafkatest", "java", "TxProducer.java"),
+		Brokers()[0], topic, prefix,
+	}, ops...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "java", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("kafkatest: transactional producer: %v\n%s", err, out)
+	}
 }
 
 // TLSConfig returns a client TLS config that trusts only TLSCAFile.
