@@ -247,6 +247,8 @@ const (
 	MetricBacklog      = "exactly.outbox.backlog"
 	MetricOldestAge    = "exactly.outbox.oldest_age"
 	MetricShardOwned   = "exactly.outbox.shard_owned"
+
+	MetricRowsOutsideShards = "exactly.outbox.rows_outside_shards"
 )
 
 // latencyBuckets are the bounds, in seconds, of the publish latency
@@ -291,6 +293,11 @@ func (r *Relay) initMetrics() error {
 	if err != nil {
 		return err
 	}
+	outside, err := m.Int64ObservableGauge(MetricRowsOutsideShards, metric.WithDescription(
+		"Rows waiting in shards outside 0..Shards-1 of this relay's configuration: enqueued by writers configured with more shards, published by no relay configured like this one."))
+	if err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -299,22 +306,31 @@ func (r *Relay) initMetrics() error {
 			return err
 		}
 		now := time.Now()
+		var stray int64
 		for _, s := range shards {
 			attrs := metric.WithAttributes(attribute.String("table", r.cfg.Outbox.Schema+"."+r.cfg.Outbox.Table), attribute.Int("shard", s.Shard))
+			// Rows outside the relay's shards wait too: they count in the
+			// backlog and its age. Whether a relay owns such a shard is
+			// not this relay's concern (MetricRowsOutsideShards is).
 			o.ObserveInt64(backlog, s.Backlog, attrs)
 			age := 0.0
 			if !s.Oldest.IsZero() {
 				age = now.Sub(s.Oldest).Seconds()
 			}
 			o.ObserveFloat64(oldest, age, attrs)
+			if s.Outside {
+				stray += s.Backlog
+				continue
+			}
 			owned := int64(0)
 			if s.Owned {
 				owned = 1
 			}
 			o.ObserveInt64(ownedBy, owned, attrs)
 		}
+		o.ObserveInt64(outside, stray, r.attrs)
 		return nil
-	}, backlog, oldest, ownedBy)
+	}, backlog, oldest, ownedBy, outside)
 	return err
 }
 
@@ -419,6 +435,9 @@ func (r *Relay) preflight(ctx context.Context) error {
 	if !current {
 		return fmt.Errorf("outbox: table %s predates migration 002 (no rejections column); run outbox.Migrate or `exactly migrate up`", table)
 	}
+	if err := r.checkOutside(ctx); err != nil {
+		return err
+	}
 	// Probe with the writer's own TLS and SASL settings.
 	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
 	if t, ok := r.writer.Transport.(*kafka.Transport); ok {
@@ -426,6 +445,33 @@ func (r *Relay) preflight(ctx context.Context) error {
 	}
 	if err := kafkaprobe.Reachable(ctx, dialer, splitAddr(r.writer.Addr)); err != nil {
 		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
+}
+
+// checkOutside logs an error when rows wait in shards this relay does not
+// publish (0..Shards-1 are its shards): writers configured with more shards
+// enqueued them, and they wait until a relay configured like those writers
+// runs. It does not refuse to start: the rows of its own shards would wait
+// too. MetricRowsOutsideShards keeps counting such rows while it runs.
+func (r *Relay) checkOutside(ctx context.Context) error {
+	rows, err := r.pool.Query(ctx, r.ob.sql["outside"], r.cfg.Outbox.Shards)
+	if err != nil {
+		return fmt.Errorf("outbox: check shards: %w", err)
+	}
+	var shard int
+	var n, total int64
+	var shards []int
+	if _, err := pgx.ForEachRow(rows, []any{&shard, &n}, func() error {
+		shards = append(shards, shard)
+		total += n
+		return nil
+	}); err != nil {
+		return fmt.Errorf("outbox: check shards: %w", err)
+	}
+	if total > 0 {
+		r.log.Error("outbox rows in shards this relay does not publish: writers are configured with more shards than this relay's Outbox.Shards; run relays with the writers' Config.Shards",
+			"rows", total, "in_shards", fmt.Sprint(shards), "relay_shards", r.cfg.Outbox.Shards)
 	}
 	return nil
 }
@@ -580,10 +626,17 @@ type ShardStatus struct {
 	Oldest time.Time
 	// Owned is whether a relay holds the shard's lock.
 	Owned bool
+	// Outside is whether the shard is outside 0..Config.Shards-1: its rows
+	// were enqueued by writers configured with more shards, and no relay
+	// configured with Config.Shards reads them.
+	Outside bool
 }
 
 // Shards reports the backlog and owner of every shard of the table cfg
-// names. It counts the waiting rows: meant for operators and alerts.
+// names, 0 to cfg.Shards-1, in order, followed by any other shard holding
+// waiting rows (Outside: written by writers configured with more shards, and
+// published by no relay configured with cfg). It counts the waiting rows:
+// meant for operators and alerts.
 func Shards(ctx context.Context, db interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }, cfg Config) ([]ShardStatus, error) {
@@ -599,7 +652,7 @@ func Shards(ctx context.Context, db interface {
 	var out []ShardStatus
 	var st ShardStatus
 	var oldest *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&st.Shard, &st.Backlog, &oldest, &st.Owned}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&st.Shard, &st.Backlog, &oldest, &st.Owned, &st.Outside}, func() error {
 		st.Oldest = time.Time{}
 		if oldest != nil {
 			st.Oldest = *oldest
