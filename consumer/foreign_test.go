@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -159,5 +160,44 @@ func checkEffectsOnce(t *testing.T, b bundle, total *int) {
 	}
 	if *total != distinct {
 		t.Fatalf("effects: %d rows for %d distinct tokens", *total, distinct)
+	}
+}
+
+// TestRetentionSkip: messages Kafka deleted before the group processed them
+// are counted in MetricSkipped (and logged at warn with the range), and the
+// partition goes on from the log start.
+func TestRetentionSkip(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	reader := sdkmetric.NewManualReader()
+	b.cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	all := msgs("r", 100, 5)
+	kafkatest.Produce(t, b.writer, all[:20]...)
+	c, err := consumer.New(b.cfg, insertEffect(b.effects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, c)
+	waitCommitted(t, b, 20)
+	stop()
+
+	kafkatest.Produce(t, b.writer, all[20:]...)
+	kafkatest.DeleteRecords(t, b.topic, 0, 60) // offsets 20..59 were never processed
+	stop = start(t, c)
+	waitCommitted(t, b, 100)
+	stop()
+
+	var n int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects+" WHERE kafka_offset BETWEEN 20 AND 59").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d effects of deleted offsets (err %v)", n, err)
+	}
+	var total int
+	checkEffectsOnce(t, b, &total)
+	if total != 60 {
+		t.Errorf("%d effects, want 60 (0..19 and 60..99)", total)
+	}
+	counts, _, _ := collect(t, reader)
+	if got := counts[consumer.MetricSkipped]; got != 40 {
+		t.Errorf("%s = %d, want 40", consumer.MetricSkipped, got)
 	}
 }

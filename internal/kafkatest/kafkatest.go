@@ -102,18 +102,35 @@ func EndOffset(tb testing.TB, topic string, partition int) int64 {
 // (java/TxProducer.java). It fails the test if the producer fails.
 func ProduceTransactions(tb testing.TB, topic, prefix string, ops ...string) {
 	tb.Helper()
-	root := services.RepoRoot(tb)
-	state := stateDir(tb)
-	args := append([]string{
-		"-Xmx256m", "-Dlog4j2.configurationFile=" + filepath.Join(state, "kafka", "tools-log4j2.properties"),
-		"-cp", filepath.Join(state, "kafka", "libs", "*"),
-		filepath.Join(root, "internal", "kafkatest", "java", "TxProducer.java"),
+	java(tb, append([]string{
+		"-cp", filepath.Join(stateDir(tb), "kafka", "libs", "*"),
+		filepath.Join(services.RepoRoot(tb), "internal", "kafkatest", "java", "TxProducer.java"),
 		Brokers()[0], topic, prefix,
-	}, ops...)
+	}, ops...)...)
+}
+
+// DeleteRecords deletes the records of a partition before offset, as
+// retention does, with Kafka's own tool (kafka-go has no DeleteRecords).
+func DeleteRecords(tb testing.TB, topic string, partition int, offset int64) {
+	tb.Helper()
+	spec := filepath.Join(tb.TempDir(), "delete.json")
+	json := fmt.Sprintf(`{"version":1,"partitions":[{"topic":%q,"partition":%d,"offset":%d}]}`, topic, partition, offset)
+	if err := os.WriteFile(spec, []byte(json), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	java(tb, "-cp", filepath.Join(stateDir(tb), "kafka", "libs", "*"), "org.apache.kafka.tools.DeleteRecordsCommand",
+		"--bootstrap-server", Brokers()[0], "--offset-json-file", spec)
+}
+
+// java runs the JVM with the tools' logging configuration and fails the
+// test if it fails.
+func java(tb testing.TB, args ...string) {
+	tb.Helper()
+	args = append([]string{"-Xmx256m", "-Dlog4j2.configurationFile=" + filepath.Join(stateDir(tb), "kafka", "tools-log4j2.properties")}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "java", args...).CombinedOutput(); err != nil {
-		tb.Fatalf("kafkatest: transactional producer: %v\n%s", err, out)
+		tb.Fatalf("kafkatest: java %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
 
