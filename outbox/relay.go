@@ -309,9 +309,10 @@ func (r *Relay) initMetrics() error {
 		var stray int64
 		for _, s := range shards {
 			attrs := metric.WithAttributes(attribute.String("table", r.cfg.Outbox.Schema+"."+r.cfg.Outbox.Table), attribute.Int("shard", s.Shard))
-			// Rows outside the relay's shards wait too: they count in the
-			// backlog and its age. Whether a relay owns such a shard is
-			// not this relay's concern (MetricRowsOutsideShards is).
+			// A shard outside the relay's shards that holds rows is
+			// reported like its own: its rows wait in the backlog, and
+			// unless a relay configured with more shards owns it, it has
+			// no relay.
 			o.ObserveInt64(backlog, s.Backlog, attrs)
 			age := 0.0
 			if !s.Oldest.IsZero() {
@@ -320,7 +321,6 @@ func (r *Relay) initMetrics() error {
 			o.ObserveFloat64(oldest, age, attrs)
 			if s.Outside {
 				stray += s.Backlog
-				continue
 			}
 			owned := int64(0)
 			if s.Owned {
