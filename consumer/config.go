@@ -19,18 +19,19 @@ import (
 
 // Defaults of Config.
 const (
-	BatchSizeDefault         = 500
-	BatchWaitDefault         = 20 * time.Millisecond
-	MaxAttemptsDefault       = 5
-	RetryInitialDefault      = 100 * time.Millisecond
-	RetryMaxDefault          = 10 * time.Second
-	MaxMessageBytesDefault   = 1 << 20
-	DeadLetterTableDefault   = "dead_letters"
-	ShutdownTimeoutDefault   = 10 * time.Second
-	SessionTimeoutDefault    = 30 * time.Second
-	HeartbeatIntervalDefault = 3 * time.Second
-	FetchMaxWaitDefault      = 500 * time.Millisecond
-	StartupTimeoutDefault    = 10 * time.Second
+	BatchSizeDefault              = 500
+	BatchWaitDefault              = 20 * time.Millisecond
+	MaxAttemptsDefault            = 5
+	RetryInitialDefault           = 100 * time.Millisecond
+	RetryMaxDefault               = 10 * time.Second
+	MaxMessageBytesDefault        = 1 << 20
+	DeadLetterTableDefault        = "dead_letters"
+	ShutdownTimeoutDefault        = 10 * time.Second
+	SessionTimeoutDefault         = 30 * time.Second
+	HeartbeatIntervalDefault      = 3 * time.Second
+	FetchMaxWaitDefault           = 500 * time.Millisecond
+	StartupTimeoutDefault         = 10 * time.Second
+	PartitionWatchIntervalDefault = 5 * time.Second
 )
 
 // Config configures a Consumer. Brokers, GroupID, Topics and Pool are
@@ -96,6 +97,10 @@ type Config struct {
 	// since for Kafka those records never existed. Transaction markers
 	// (control records) are skipped in either mode. Defaults to false.
 	ReadUncommitted bool
+	// PartitionWatchInterval is how often each member checks its topics'
+	// partition counts; a change (partitions added) makes the group
+	// rebalance so that the new partitions are consumed. Defaults to 5s.
+	PartitionWatchInterval time.Duration
 	// FetchMaxWait is how long the broker may hold an empty fetch.
 	// Defaults to 500ms.
 	FetchMaxWait time.Duration
@@ -132,6 +137,7 @@ func (c Config) withDefaults() Config {
 	c.SessionTimeout = cmp.Or(c.SessionTimeout, SessionTimeoutDefault)
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, HeartbeatIntervalDefault)
 	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, FetchMaxWaitDefault)
+	c.PartitionWatchInterval = cmp.Or(c.PartitionWatchInterval, PartitionWatchIntervalDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
 	c.StartupTimeout = cmp.Or(c.StartupTimeout, StartupTimeoutDefault)
 	if c.Logger == nil {
@@ -176,7 +182,7 @@ func (c Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"BatchWait": c.BatchWait, "RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax,
 		"SessionTimeout": c.SessionTimeout, "HeartbeatInterval": c.HeartbeatInterval,
-		"FetchMaxWait": c.FetchMaxWait, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout,
+		"FetchMaxWait": c.FetchMaxWait, "PartitionWatchInterval": c.PartitionWatchInterval, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("consumer: Config.%s: negative duration %v", name, d))

@@ -225,6 +225,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		RebalanceTimeout:  c.cfg.SessionTimeout,
 		JoinGroupBackoff:  c.cfg.RetryInitial * 10,
 		StartOffset:       c.cfg.StartOffset,
+		// Partitions added to a topic join the group at the next check, not
+		// at some unrelated rebalance.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: c.cfg.PartitionWatchInterval,
 		// kafka-go logs every retry at error level; we log what matters.
 		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
 			c.log.Debug("kafka-go: " + fmt.Sprintf(format, args...))
