@@ -51,12 +51,12 @@ type Names struct {
 
 // EnvNames are the Names of the environment variables.
 var EnvNames = Names{
-	TLS:            "$" + EnvTLS,
+	TLS:            EnvTLS + "=true",
 	CAFile:         "$" + EnvCAFile,
 	Mechanism:      "$" + EnvMechanism,
 	Username:       "$" + EnvUsername,
 	Password:       "$" + EnvPassword,
-	AllowPlaintext: "$" + EnvAllowPlaintext,
+	AllowPlaintext: EnvAllowPlaintext + "=true",
 }
 
 // Settings describe a connection to Kafka. The zero value is plaintext

@@ -58,7 +58,7 @@ func TestFromEnvBuild(t *testing.T) {
 		{name: "plain over tls", env: with("KAFKA_CA_FILE", ca, "KAFKA_SASL_MECHANISM", "plain"), tls: true, roots: true, sasl: "PLAIN"},
 		{name: "PLAIN upper case over tls", env: with("KAFKA_TLS", "1", "KAFKA_SASL_MECHANISM", "PLAIN"), tls: true, sasl: "PLAIN"},
 		{name: "plain without tls refused", env: with("KAFKA_SASL_MECHANISM", "plain"), err: "plain without TLS sends the password in clear text"},
-		{name: "refusal names the allow variable", env: with("KAFKA_SASL_MECHANISM", "plain"), err: "$KAFKA_SASL_ALLOW_PLAINTEXT"},
+		{name: "refusal names the allow variable", env: with("KAFKA_SASL_MECHANISM", "plain"), err: "connect over TLS (KAFKA_TLS=true or $KAFKA_CA_FILE), or set KAFKA_SASL_ALLOW_PLAINTEXT=true on a network you trust"},
 		{name: "plain without tls, allowed false", env: with("KAFKA_SASL_MECHANISM", "plain", "KAFKA_SASL_ALLOW_PLAINTEXT", "false"), err: "clear text"},
 		{name: "plain without tls allowed", env: with("KAFKA_SASL_MECHANISM", "plain", "KAFKA_SASL_ALLOW_PLAINTEXT", "true"), sasl: "PLAIN"},
 		{name: "scram-sha-256 without tls", env: with("KAFKA_SASL_MECHANISM", "scram-sha-256"), sasl: "SCRAM-SHA-256"},
