@@ -57,7 +57,21 @@
 // own none and stand by). When a relay dies its session ends, the lock is
 // released, and another relay takes the shard within
 // RelayConfig.LockInterval. Change Config.Shards only when the outbox is
-// empty: rows already enqueued keep their old shard.
+// empty: rows already enqueued keep their old shard. A relay reads only
+// its shards 0 to Shards-1: rows a writer with more shards put above them
+// wait for a relay configured like that writer. A relay logs an error when
+// it finds such rows at start-up (and starts all the same), exports their
+// number as MetricRowsOutsideShards, and Shards lists their shards.
+//
+// # Size
+//
+// EnqueueTx refuses a message whose key, value and headers exceed
+// Config.MaxMessageBytes (1 MiB by default, Kafka's default largest
+// message) with ErrMessageTooLarge, and a topic name or header key Kafka
+// or Postgres cannot take with ErrInvalidMessage. A relay reads per round
+// at most what one write of its writer holds (the writer's BatchBytes, or
+// one larger row), so its memory is bounded by bytes whatever the rows'
+// size.
 //
 // # Wake-ups
 //

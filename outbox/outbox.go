@@ -72,10 +72,11 @@ type Config struct {
 	// rather than committed for Kafka to reject it later, and it bounds what
 	// a relay holds in memory for one row. Only writers check it. Keep it at
 	// or below the topics' max.message.bytes and the relay writer's
-	// BatchBytes (both 1 MiB by default); Kafka also counts some 70 bytes of
-	// framing per message, so a message within a few bytes of a 1 MiB limit
-	// can still be refused by the broker and dead-lettered as too_large.
-	// Defaults to 1 MiB (MaxMessageBytesDefault).
+	// BatchBytes (both 1 MiB by default). Those count framing on top (some
+	// 100 bytes with the message id header the relay adds), so a message
+	// within that of their limit passes EnqueueTx and is still refused when
+	// published, then dead-lettered as too_large. Defaults to 1 MiB
+	// (MaxMessageBytesDefault).
 	MaxMessageBytes int
 }
 

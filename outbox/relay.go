@@ -70,8 +70,11 @@ type RelayConfig struct {
 	// SASL). Defaults to a plain kafka.Transport of the relay's own, closed
 	// when Run returns; one given here is left open. Not with Writer.
 	Transport *kafka.Transport
-	// BatchSize is the most rows published per round per shard.
-	// Defaults to 500.
+	// BatchSize is the most rows published per round per shard. A round
+	// also reads no more rows than one write holds, the writer's BatchBytes
+	// (kafka-go's 1 MiB by default), or a single row larger than that, so
+	// a relay's memory for rows stays near Shards × BatchBytes whatever
+	// their size. Defaults to 500.
 	BatchSize int
 	// PollInterval is how often an idle shard looks for rows without being
 	// notified. Defaults to 500ms; notifications make it a fallback.
