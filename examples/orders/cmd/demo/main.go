@@ -153,11 +153,11 @@ func (d *demo) run(ctx context.Context) int {
 	}
 	defer d.pool.Close()
 	fmt.Printf("demo: reset (drop schema %s, delete its topics and groups), then setup (tables, inbox, dead letters, outbox, topics with %d partitions)\n", cfg.Schema, shop.Partitions)
-	if err := cfg.Reset(ctx, d.pool, cfg.Brokers); err != nil {
+	if err := cfg.Reset(ctx, d.pool, cfg.Kafka); err != nil {
 		fmt.Fprintln(os.Stderr, "demo: reset:", err)
 		return 2
 	}
-	if err := cfg.Setup(ctx, d.pool, cfg.Brokers); err != nil {
+	if err := cfg.Setup(ctx, d.pool, cfg.Kafka); err != nil {
 		fmt.Fprintln(os.Stderr, "demo: setup:", err)
 		return 2
 	}

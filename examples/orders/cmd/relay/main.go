@@ -42,7 +42,7 @@ func run() int {
 		return 1
 	}
 	defer tel.Close()
-	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: cfg.Outbox(), Brokers: cfg.Brokers, Logger: log, MeterProvider: tel.MeterProvider})
+	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: cfg.Outbox(), Brokers: cfg.Brokers, Transport: cfg.Transport(), Logger: log, MeterProvider: tel.MeterProvider})
 	if err != nil {
 		log.Error("bad relay configuration", "err", err)
 		return 1

@@ -16,7 +16,7 @@ import (
 func main() {
 	os.Exit(shop.AdminMain("reset", "Drops the schema and deletes the topics and consumer groups of the order pipeline.",
 		func(ctx context.Context, cfg shop.Config, pool *pgxpool.Pool) (string, error) {
-			if err := cfg.Names.Reset(ctx, pool, cfg.Brokers); err != nil {
+			if err := cfg.Names.Reset(ctx, pool, cfg.Kafka); err != nil {
 				return "", err
 			}
 			return fmt.Sprintf("schema %s dropped; topics %s, %s and their consumer groups deleted", cfg.Schema, cfg.OrdersPlaced(), cfg.PaymentsCaptured()), nil

@@ -17,7 +17,7 @@ import (
 func main() {
 	os.Exit(shop.AdminMain("setup", "Creates the schema, tables and topics of the order pipeline (see examples/orders/README.md).",
 		func(ctx context.Context, cfg shop.Config, pool *pgxpool.Pool) (string, error) {
-			if err := cfg.Names.Setup(ctx, pool, cfg.Brokers); err != nil {
+			if err := cfg.Names.Setup(ctx, pool, cfg.Kafka); err != nil {
 				return "", err
 			}
 			return fmt.Sprintf("schema %s and topics %s, %s (%d partitions) ready", cfg.Schema, cfg.OrdersPlaced(), cfg.PaymentsCaptured(), shop.Partitions), nil

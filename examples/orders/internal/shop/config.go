@@ -16,9 +16,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/kafkasec"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -47,12 +49,23 @@ type Names struct {
 // Config is what every program reads from the environment.
 type Config struct {
 	DatabaseURL string
-	Brokers     []string
+	Kafka
 	Names
 }
 
+// Kafka is where the brokers are and how to reach them.
+type Kafka struct {
+	Brokers []string
+	// Security is TLS and SASL; zero for plaintext.
+	Security kafkasec.Security
+}
+
 // FromEnv reads DATABASE_URL, KAFKA_BROKERS, SHOP_SCHEMA and
-// SHOP_TOPIC_PREFIX, with the defaults above.
+// SHOP_TOPIC_PREFIX, with the defaults above, and the TLS and SASL
+// settings: KAFKA_TLS, KAFKA_CA_FILE, KAFKA_SASL_MECHANISM,
+// KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_ALLOW_PLAINTEXT
+// (internal/kafkasec, which the exactly CLI's -kafka-* flags share). SASL
+// PLAIN without TLS is refused unless KAFKA_SASL_ALLOW_PLAINTEXT=true.
 func FromEnv() (Config, error) {
 	c := Config{
 		DatabaseURL: cmp.Or(os.Getenv("DATABASE_URL"), DatabaseURLDefault),
@@ -65,6 +78,13 @@ func FromEnv() (Config, error) {
 	}
 	if len(c.Brokers) == 0 {
 		return c, errors.New("KAFKA_BROKERS: no broker address")
+	}
+	settings, err := kafkasec.FromEnv(os.Getenv)
+	if err != nil {
+		return c, err
+	}
+	if c.Security, err = settings.Build(); err != nil {
+		return c, err
 	}
 	if c.Schema == "" || len(c.Schema) > 40 {
 		return c, fmt.Errorf("SHOP_SCHEMA: %q must be 1 to 40 characters", c.Schema)
@@ -86,7 +106,10 @@ func NamesFromEnv() Names {
 	return Names{Schema: cmp.Or(os.Getenv("SHOP_SCHEMA"), SchemaDefault), TopicPrefix: prefix}
 }
 
-// Env returns the environment that gives a child process this Config.
+// Env returns the environment that gives a child process this Config's
+// database, brokers and names. The TLS and SASL settings are not in it: a
+// child started with os.Environ() and Env() reads them from the
+// environment this process read them from.
 func (c Config) Env() []string {
 	return []string{
 		"DATABASE_URL=" + c.DatabaseURL,
@@ -147,6 +170,7 @@ func (c Config) ShippingConsumer() consumer.Config {
 func (c Config) consumer(group, topic, scope string) consumer.Config {
 	return consumer.Config{
 		Brokers: c.Brokers,
+		Dialer:  c.Dialer(),
 		GroupID: group,
 		Topics:  []string{topic},
 		// One inbox table per schema; each worker has its own scope in it,
@@ -159,6 +183,24 @@ func (c Config) consumer(group, topic, scope string) consumer.Config {
 		HeartbeatInterval: time.Second,
 		FetchMaxWait:      250 * time.Millisecond,
 	}
+}
+
+// Dialer returns the kafka-go Dialer of the consumers and of
+// kafka.DialContext: nil (kafka.DefaultDialer) for plaintext.
+func (k Kafka) Dialer() *kafka.Dialer {
+	if k.Security.IsZero() {
+		return nil
+	}
+	return k.Security.Dialer()
+}
+
+// Transport returns the Transport of the relay's writers: nil (the relay's
+// own plaintext one) for plaintext.
+func (k Kafka) Transport() *kafka.Transport {
+	if k.Security.IsZero() {
+		return nil
+	}
+	return k.Security.Transport()
 }
 
 // Connect opens a pool of at most maxConns connections, named app in

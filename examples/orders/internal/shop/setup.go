@@ -21,14 +21,14 @@ import (
 // Setup creates, for the schema and topic prefix in the environment
 // (SHOP_SCHEMA, SHOP_TOPIC_PREFIX), everything the pipeline needs. See
 // Names.Setup.
-func Setup(ctx context.Context, pool *pgxpool.Pool, brokers []string) error {
-	return NamesFromEnv().Setup(ctx, pool, brokers)
+func Setup(ctx context.Context, pool *pgxpool.Pool, k Kafka) error {
+	return NamesFromEnv().Setup(ctx, pool, k)
 }
 
 // Reset drops the schema and deletes the topics and consumer groups named by
 // the environment. See Names.Reset.
-func Reset(ctx context.Context, pool *pgxpool.Pool, brokers []string) error {
-	return NamesFromEnv().Reset(ctx, pool, brokers)
+func Reset(ctx context.Context, pool *pgxpool.Pool, k Kafka) error {
+	return NamesFromEnv().Reset(ctx, pool, k)
 }
 
 // appTables are the tables of the shop itself. payments and shipments have
@@ -69,11 +69,11 @@ CREATE INDEX IF NOT EXISTS shipments_order_id_idx ON {{shipments}} (order_id);
 // Setup creates the schema, the app tables, the framework's tables (each
 // worker's inbox and dead letters, the outbox, the HTTP keys) and the two
 // topics with Partitions partitions. It is idempotent.
-func (n Names) Setup(ctx context.Context, pool *pgxpool.Pool, brokers []string) error {
+func (n Names) Setup(ctx context.Context, pool *pgxpool.Pool, k Kafka) error {
 	if err := n.SetupDB(ctx, pool); err != nil {
 		return err
 	}
-	return n.createTopics(ctx, brokers)
+	return n.createTopics(ctx, k)
 }
 
 // SetupDB is the Postgres half of Setup: the schema, the app tables and the
@@ -119,12 +119,12 @@ func (n Names) SetupDB(ctx context.Context, pool *pgxpool.Pool) error {
 // both consumer groups, and waits until Kafka no longer lists the topics.
 // Stop the pipeline's programs first: a running member keeps its group alive
 // and may recreate a topic.
-func (n Names) Reset(ctx context.Context, pool *pgxpool.Pool, brokers []string) error {
+func (n Names) Reset(ctx context.Context, pool *pgxpool.Pool, k Kafka) error {
 	var errs []error
 	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+n.quotedSchema()+" CASCADE"); err != nil {
 		errs = append(errs, fmt.Errorf("drop schema: %w", err))
 	}
-	if err := n.deleteKafka(ctx, brokers); err != nil {
+	if err := n.deleteKafka(ctx, k); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -134,10 +134,14 @@ func (n Names) quotedSchema() string { return pgx.Identifier{n.Schema}.Sanitize(
 
 // controller dials the cluster's controller, where topics are created and
 // deleted.
-func controller(ctx context.Context, brokers []string) (*kafka.Conn, error) {
+func controller(ctx context.Context, k Kafka) (*kafka.Conn, error) {
+	d := k.Dialer()
+	if d == nil {
+		d = kafka.DefaultDialer
+	}
 	var errs []error
-	for _, b := range brokers {
-		conn, err := kafka.DialContext(ctx, "tcp", b)
+	for _, b := range k.Brokers {
+		conn, err := d.DialContext(ctx, "tcp", b)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -148,16 +152,20 @@ func controller(ctx context.Context, brokers []string) (*kafka.Conn, error) {
 			errs = append(errs, err)
 			continue
 		}
-		return kafka.DialContext(ctx, "tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+		return d.DialContext(ctx, "tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
 	}
-	return nil, fmt.Errorf("no Kafka broker answers at %v (run `make services`): %w", brokers, errors.Join(errs...))
+	return nil, fmt.Errorf("no Kafka broker answers at %v (run `make services`): %w", k.Brokers, errors.Join(errs...))
 }
 
-// client returns a kafka-go Client for brokers. Its Metadata requests never
-// create topics, unlike kafka.Conn.ReadPartitions, which asks the broker to
-// auto-create a missing topic (with the broker's default partition count).
-func client(brokers []string) *kafka.Client {
-	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: &kafka.Transport{}}
+// client returns a plaintext kafka-go Client for brokers (verify's reads).
+func client(brokers []string) *kafka.Client { return Kafka{Brokers: brokers}.client() }
+
+// client returns a kafka-go Client with k's TLS and SASL settings. Its
+// Metadata requests never create topics, unlike kafka.Conn.ReadPartitions,
+// which asks the broker to auto-create a missing topic (with the broker's
+// default partition count).
+func (k Kafka) client() *kafka.Client {
+	return &kafka.Client{Addr: kafka.TCP(k.Brokers...), Timeout: 10 * time.Second, Transport: k.Security.Transport()}
 }
 
 func closeClient(c *kafka.Client) {
@@ -166,8 +174,8 @@ func closeClient(c *kafka.Client) {
 	}
 }
 
-func (n Names) createTopics(ctx context.Context, brokers []string) error {
-	conn, err := controller(ctx, brokers)
+func (n Names) createTopics(ctx context.Context, k Kafka) error {
+	conn, err := controller(ctx, k)
 	if err != nil {
 		return err
 	}
@@ -183,7 +191,7 @@ func (n Names) createTopics(ctx context.Context, brokers []string) error {
 	// Wait until every partition has a leader, so that the first produce
 	// and fetch do not race the creation; refuse a topic that exists with
 	// another partition count.
-	cl := client(brokers)
+	cl := k.client()
 	defer closeClient(cl)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -236,8 +244,8 @@ func (n Names) topicsReady(ctx context.Context, cl *kafka.Client) (bool, error) 
 	return ready == len(n.Topics()), nil
 }
 
-func (n Names) deleteKafka(ctx context.Context, brokers []string) error {
-	conn, err := controller(ctx, brokers)
+func (n Names) deleteKafka(ctx context.Context, k Kafka) error {
+	conn, err := controller(ctx, k)
 	if err != nil {
 		return err
 	}
@@ -248,7 +256,7 @@ func (n Names) deleteKafka(ctx context.Context, brokers []string) error {
 			errs = append(errs, fmt.Errorf("delete topic %s: %w", t, err))
 		}
 	}
-	cl := client(brokers)
+	cl := k.client()
 	defer closeClient(cl)
 	for _, g := range []string{n.PaymentsGroup(), n.ShippingGroup()} {
 		if err := deleteGroup(ctx, cl, g); err != nil {
