@@ -499,6 +499,9 @@ func checkManifests(t *testing.T, ov overlay, objs []object) {
 			t.Errorf("Deployment %s rendered: %v, want %v", dep, ok, ov.databases)
 		}
 	}
+
+	checkNetworkPolicies(t, ov, objs, data)
+	checkKafkaSecurity(t, ov, objs, data)
 }
 
 // checkContainers checks every container under path: image, envFrom of the
@@ -546,7 +549,7 @@ func checkContainers(t *testing.T, o object, path, image string, probes bool) {
 	}
 	cms := values(o.lines, path+".envFrom.configMapRef.name")
 	secrets := values(o.lines, path+".envFrom.secretRef.name")
-	if len(cms) != n || len(secrets) != n {
+	if len(cms) != n || countOf(secrets, "exactly-db") != n {
 		t.Errorf("%s: envFrom ConfigMap %v and Secret %v for %d containers", o, cms, secrets, n)
 	}
 	for _, c := range cms {
@@ -555,10 +558,21 @@ func checkContainers(t *testing.T, o object, path, image string, probes bool) {
 		}
 	}
 	for _, s := range secrets {
-		if s != "exactly-db" {
+		// exactly-kafka: checkKafkaSecurity checks who gets it.
+		if s != "exactly-db" && s != "exactly-kafka" {
 			t.Errorf("%s: envFrom Secret %q", o, s)
 		}
 	}
+}
+
+func countOf(list []string, v string) int {
+	n := 0
+	for _, s := range list {
+		if s == v {
+			n++
+		}
+	}
+	return n
 }
 
 // TestMonitoringKustomization renders the ConfigMaps that ship the
