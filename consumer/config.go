@@ -218,5 +218,6 @@ func (c Config) deadLetterVars() map[string]string {
 		"Table":       pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable}.Sanitize(),
 		"Unique":      pgx.Identifier{c.DeadLetterTable + "_message_key"}.Sanitize(),
 		"ReasonIndex": pgx.Identifier{c.DeadLetterTable + "_scope_reason_idx"}.Sanitize(),
+		"Attempts":    pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable + "_attempts"}.Sanitize(),
 	}
 }

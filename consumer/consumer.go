@@ -303,12 +303,14 @@ func (c *Consumer) preflight(ctx context.Context) error {
 	}
 	inboxTable := pgx.Identifier{c.cfg.Inbox.Schema, c.inbox.Config().Table}.Sanitize()
 	dlTable := pgx.Identifier{c.cfg.Inbox.Schema, c.cfg.DeadLetterTable}.Sanitize()
-	var haveInbox, haveDL bool
-	if err := c.cfg.Pool.QueryRow(ctx, c.sql["check_tables"], inboxTable, dlTable).Scan(&haveInbox, &haveDL); err != nil {
+	attemptsTable := pgx.Identifier{c.cfg.Inbox.Schema, c.cfg.DeadLetterTable + "_attempts"}.Sanitize()
+	var haveInbox, haveDL, haveAttempts bool
+	if err := c.cfg.Pool.QueryRow(ctx, c.sql["check_tables"], inboxTable, dlTable, attemptsTable).Scan(&haveInbox, &haveDL, &haveAttempts); err != nil {
 		return fmt.Errorf("consumer: check tables: %w", err)
 	}
-	if !haveInbox || !haveDL {
-		return fmt.Errorf("consumer: tables %s and %s must exist (found inbox=%v, dead letters=%v); run consumer.Migrate or `exactly migrate up`", inboxTable, dlTable, haveInbox, haveDL)
+	if !haveInbox || !haveDL || !haveAttempts {
+		return fmt.Errorf("consumer: tables %s, %s and %s must exist (found inbox=%v, dead letters=%v, attempts=%v); run consumer.Migrate or `exactly migrate up`",
+			inboxTable, dlTable, attemptsTable, haveInbox, haveDL, haveAttempts)
 	}
 	if err := kafkaprobe.Reachable(ctx, c.cfg.Dialer, c.cfg.Brokers); err != nil {
 		return fmt.Errorf("consumer: %w", err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -52,7 +53,17 @@ func childMain() int {
 			select {} // the parent SIGKILLs us here
 		}
 	})
-	c, err := consumer.New(cfg, insertEffect(pgx.Identifier{schema, "effects"}.Sanitize()))
+	if n, err := strconv.Atoi(os.Getenv("CHILD_MAX_ATTEMPTS")); err == nil {
+		cfg.MaxAttempts = n
+	}
+	apply := insertEffect(pgx.Identifier{schema, "effects"}.Sanitize())
+	exitOn, exits := strings.CutPrefix(os.Getenv("CHILD_HOOK"), "exit:")
+	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if exits && m.Token.String() == exitOn {
+			os.Exit(3) // a handler that kills its process
+		}
+		return apply(ctx, tx, m)
+	}))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -100,6 +111,36 @@ func TestCrashAfterDBCommit(t *testing.T) {
 	var dups int
 	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "inbox"}.Sanitize()).Scan(&dups); err != nil || dups != n {
 		t.Fatalf("inbox holds %d tokens (err %v), want %d", dups, err, n)
+	}
+}
+
+// TestHandlerKillsProcess: a message whose handler kills the process is
+// dead-lettered as process_died after a bounded number of deaths, and
+// everything else is applied once.
+func TestHandlerKillsProcess(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	const n, maxAttempts = 300, 3
+	kafkatest.Produce(t, b.writer, msgs("kill", n, 7)...)
+	runs := 0
+	for committed(t, b.cfg.GroupID, b.topic) < n {
+		runs++
+		if runs > maxAttempts+4 {
+			t.Fatalf("%d runs and the partition is still at offset %d: the message loops", runs-1, committed(t, b.cfg.GroupID, b.topic))
+		}
+		child := proctest.Start(t, "consumer", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic,
+			"CHILD_GROUP="+b.cfg.GroupID, "CHILD_HOOK=exit:kill-120", "CHILD_BATCH=50", "CHILD_MAX_ATTEMPTS="+strconv.Itoa(maxAttempts))
+		if !child.Exited(60 * time.Second) {
+			// It got past the message: let it finish, then stop it.
+			waitCommitted(t, b, n)
+			child.Stop(10 * time.Second)
+		}
+	}
+	t.Logf("%d runs", runs)
+	checkEffects(t, b, n-1)
+	dl := deadLetters(t, b)
+	if want := consumer.ReasonProcessDied + ":" + strconv.Itoa(maxAttempts) + ":"; len(dl) != 1 || !strings.HasPrefix(dl["kill-120@120"], want) {
+		t.Fatalf("dead letters %v, want kill-120@120 with prefix %q", dl, want)
 	}
 }
 

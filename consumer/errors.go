@@ -43,6 +43,7 @@ const (
 	ReasonUndecodable   = "undecodable"    // the handler returned ErrUndecodable
 	ReasonPermanent     = "permanent"      // the handler returned Permanent(err)
 	ReasonHandlerError  = "handler_error"  // the handler failed Config.MaxAttempts times
+	ReasonProcessDied   = "process_died"   // the process ended while handling it, Config.MaxAttempts times
 )
 
 // isTransient reports whether a handler's err is a database or network

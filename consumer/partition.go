@@ -39,6 +39,8 @@ type partition struct {
 	attrs     metric.MeasurementOption
 	transport *kafka.Transport
 	lag       *atomic.Int64
+	assigned  bool         // beginAssignment ran
+	suspects  suspects     // offsets an earlier owner may have died on
 	end       atomic.Int64 // where the partition ends (high watermark or last stable offset); -1 until known
 	done      atomic.Int64 // the offset after the last settled message; -1 until known
 }
@@ -127,7 +129,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 				return // fetchCtx ended
 			}
 		}
-		n, err := p.process(procCtx, pending)
+		n, err := p.step(procCtx, pending)
 		if n > 0 {
 			p.settle(pending[n-1].commitTo)
 			pending = pending[n:]
@@ -155,6 +157,32 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 			return
 		}
 	}
+}
+
+// step settles a prefix of pending, like process, and first does what
+// attempts that kill the process need (attempts.go): at the partition's
+// first batch, read the attempts recorded; while past owners may have died
+// on the next offsets, one message at a time, its attempt recorded first.
+func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
+	if !p.assigned {
+		if err := p.beginAssignment(ctx, pending[0].msg.Offset, pending[len(pending)-1].msg.Offset); err != nil {
+			return 0, err
+		}
+		p.assigned = true
+	}
+	if p.suspects.starts == nil {
+		return p.process(ctx, pending)
+	}
+	it := pending[0]
+	if err := p.startAttempt(ctx, it); err != nil {
+		return 0, err
+	}
+	n, err := p.process(ctx, pending[:1])
+	if n == 1 && it.msg.Offset >= p.suspects.last {
+		p.suspects = suspects{}
+		p.log.Info("past the offsets an earlier owner may have died on; running batches again", "offset", it.msg.Offset)
+	}
+	return n, err
 }
 
 // newBackoff is the retry policy of batches, fetches and offset commits: exponential from

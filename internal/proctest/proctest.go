@@ -109,6 +109,18 @@ func (c *Child) Saw(line string, timeout time.Duration) bool {
 	}
 }
 
+// Exited waits up to timeout for the child to exit by itself and reports
+// whether it did.
+func (c *Child) Exited(timeout time.Duration) bool {
+	select {
+	case <-c.done:
+		c.Kill() // reaps it
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
 // Kill SIGKILLs the child and reaps it. It is safe to call twice.
 func (c *Child) Kill() {
 	if c.cmd.ProcessState != nil {

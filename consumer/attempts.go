@@ -1,0 +1,101 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Attempts that kill the process.
+//
+// A handler that kills its process (a crash, an OOM kill, os.Exit) never
+// returns an error, so counting attempts in memory would let such a message
+// loop forever across restarts. Writing a row before every batch would cost
+// a transaction per batch; instead the consumer writes one row when it takes
+// a partition over, for its first batch (from the committed offset): "a
+// batch from here to there started once". If that row is still there at the
+// next assignment, an earlier owner started at this offset and never got
+// past it. Then, up to the end of that batch (or the last message an
+// earlier owner started alone), the partition runs one message at a time, and records each
+// attempt, committed, before the handler runs; a message whose recorded
+// attempts reach MaxAttempts without settling is dead-lettered as
+// process_died. Once past the offsets an earlier owner may have died on,
+// the partition runs in batches again.
+//
+// A message that kills the process is so dead-lettered after at most two
+// deaths in batches and MaxAttempts one at a time. An operator's SIGKILL
+// counts as a death of the message it hit, but only a message hit
+// MaxAttempts times in a row while running alone is dead-lettered, and a
+// dead letter can be replayed.
+
+// suspects is what an assignment found of attempts that may have died.
+type suspects struct {
+	starts map[int64]int // offset → attempts recorded; nil when none
+	last   int64         // the last offset an earlier owner may have died on
+}
+
+// beginAssignment reads the attempts recorded at or above first, the first
+// offset fetched after the partition was assigned, and records the start of
+// the first batch, first to last, when there are none.
+func (p *partition) beginAssignment(ctx context.Context, first, last int64) error {
+	pool, q := p.c.cfg.Pool, p.c.sql
+	rows, err := pool.Query(ctx, q["attempts_read"], p.c.cfg.Inbox.Scope, p.topic, p.id, first)
+	if err != nil {
+		return fmt.Errorf("read attempts: %w", err)
+	}
+	starts := map[int64]int{}
+	var offset, upTo, suspectUpTo int64
+	var n int
+	if _, err := pgx.ForEachRow(rows, []any{&offset, &n, &upTo}, func() error {
+		starts[offset] = n
+		suspectUpTo = max(suspectUpTo, upTo)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("read attempts: %w", err)
+	}
+	if len(starts) > 0 {
+		// Batches are committed soon after they settle: attempts much
+		// further on are from before the offsets went back (a reset, an
+		// expired group), not a death here.
+		if suspectUpTo-first <= 4*int64(p.c.cfg.BatchSize) {
+			p.suspects = suspects{starts: starts, last: suspectUpTo}
+			p.log.Warn("an earlier owner started this partition here and did not get past it; running one message at a time, counting attempts", "offset", first, "until_offset", suspectUpTo)
+			return nil
+		}
+		if _, err := pool.Exec(ctx, q["attempts_clear"], p.c.cfg.Inbox.Scope, p.topic, p.id); err != nil {
+			return fmt.Errorf("clear attempts: %w", err)
+		}
+	}
+	if _, err := pool.Exec(ctx, q["attempts_start"], p.c.cfg.Inbox.Scope, p.topic, p.id, first, 1, last); err != nil {
+		return fmt.Errorf("record start: %w", err)
+	}
+	return nil
+}
+
+// startAttempt prepares it, the only message of the next batch while the
+// partition runs one message at a time: it counts the attempts recorded for
+// it, dead-letters it when they reach MaxAttempts, and otherwise records
+// the attempt about to start.
+func (p *partition) startAttempt(ctx context.Context, it *item) error {
+	if n, ok := p.suspects.starts[it.msg.Offset]; ok {
+		it.attempts = max(it.attempts, n)
+		delete(p.suspects.starts, it.msg.Offset)
+	}
+	if it.reason != "" {
+		return nil
+	}
+	if it.attempts >= p.c.cfg.MaxAttempts {
+		if it.err == nil {
+			it.reason = ReasonProcessDied
+			it.err = fmt.Errorf("the process ended while handling this message: %d attempts started, none finished", it.attempts)
+		} else {
+			it.reason = handlerReason(it.err)
+		}
+		return nil
+	}
+	if _, err := p.c.cfg.Pool.Exec(ctx, p.c.sql["attempts_start"], p.c.cfg.Inbox.Scope, p.topic, p.id, it.msg.Offset, it.attempts+1, it.msg.Offset); err != nil {
+		return fmt.Errorf("record attempt: %w", err)
+	}
+	return nil
+}

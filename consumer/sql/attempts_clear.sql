@@ -1,0 +1,2 @@
+-- Forget every attempt of a partition.
+DELETE FROM {{.Attempts}} WHERE scope = $1 AND kafka_topic = $2 AND kafka_partition = $3
