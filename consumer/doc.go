@@ -13,7 +13,10 @@
 // For each assigned partition (partitions run in parallel, each in order):
 //
 //  1. Fetch a batch: up to Config.BatchSize messages, waiting at most
-//     Config.BatchWait once the first arrived.
+//     Config.BatchWait once the first arrived. Reads are committed only
+//     (Config.ReadUncommitted): records of aborted transactions are dropped,
+//     and transaction markers never reach a handler, the inbox or the
+//     dead-letter table; offsets move past both.
 //  2. Check each message: size, token ([inbox.TokenSource]). A message that
 //     fails is dead-lettered with its reason, never handled.
 //  3. Begin; claim every token in one statement; run the handler for each
@@ -52,6 +55,16 @@
 //   - Shutdown (Run's context ends): fetching stops, in-flight batches get
 //     Config.ShutdownTimeout to commit, their offsets are committed, and the
 //     member leaves the group.
+//   - Offset commit fails: the offset is kept and retried with backoff until
+//     it succeeds, a later one replaces it, or the generation ends.
+//   - Handler kills the process (crash, OOM, os.Exit): at the next
+//     assignment the consumer finds the start of the batch it died in still
+//     recorded, runs that batch one message at a time, recording each
+//     attempt before it runs, and dead-letters a message whose attempts
+//     reach Config.MaxAttempts as [ReasonProcessDied].
+//   - Kafka deleted messages before they were processed (retention): the
+//     partition resumes at its log start; the range is logged at warn and
+//     counted in [MetricSkipped].
 //
 // # What exactly once covers
 //
@@ -70,7 +83,7 @@
 // # Dead letters
 //
 // The dead-letter table keeps the whole message (key, value, headers,
-// coordinates), the reason ([ReasonNoToken], [ReasonTokenConflict], …), the
+// coordinates; header keys that are not text kept as bytes), the reason ([ReasonNoToken], [ReasonTokenConflict], …), the
 // last error and the attempt count. A dead-lettered message's token is not
 // claimed, so a replay of it is processed.
 package consumer
