@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
@@ -48,19 +49,23 @@ func TestFetchBoundedByBatchBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		rows, err := all.fetch(ctx, conn.Conn(), "SELECT id, message_id, topic, key, value, headers, created_at FROM "+
-			pgx.Identifier{cfg.Schema, "outbox"}.Sanitize()+" WHERE xid < pg_snapshot_xmin(pg_current_snapshot())")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(rows) == len(msgs) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d rows readable", len(rows), len(msgs))
+	waitReadable := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			rows, err := all.fetch(ctx, conn.Conn(), "SELECT id, message_id, topic, key, value, headers, created_at FROM "+
+				pgx.Identifier{cfg.Schema, "outbox"}.Sanitize()+" WHERE xid < pg_snapshot_xmin(pg_current_snapshot())")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d rows readable", len(rows), n)
+			}
 		}
 	}
+	waitReadable(len(msgs))
 
 	for _, tc := range []struct {
 		batchBytes int64
@@ -105,6 +110,42 @@ func TestFetchBoundedByBatchBytes(t *testing.T) {
 		if n := (publisher{w: w}).fit(msgs); n != len(rows) {
 			t.Errorf("BatchBytes %d: read %d rows, but one write holds only %d of them", tc.batchBytes, len(rows), n)
 		}
+	}
+	// Headers count too, also when Postgres stores them compressed (a
+	// header of 300 kB of zeros takes a few kB): five such rows would be
+	// 1.5 MB in memory.
+	if _, err := pool.Exec(ctx, "DELETE FROM "+pgx.Identifier{cfg.Schema, "outbox"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	msgs = nil
+	for i := range 5 {
+		msgs = append(msgs, Message{Topic: "headers", Key: []byte{byte('a' + i)}, Headers: []kafka.Header{{Key: "h", Value: make([]byte, 300_000)}}})
+	}
+	if _, err := ob.Enqueue(ctx, pool, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	waitReadable(len(msgs))
+	w := NewWriter(kafkatest.Brokers()...)
+	r, err := NewRelay(pool, RelayConfig{Outbox: cfg, Writer: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := r.fetchPending(ctx, conn.Conn(), publisher{w: w}, 0, [][]byte{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := kafkaMessages(rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bytes int
+	for _, m := range got {
+		for _, h := range m.Headers {
+			bytes += len(h.Value)
+		}
+	}
+	if len(rows) < 1 || bytes > 1<<20 {
+		t.Errorf("rows with 300 kB headers: read %d rows with %d bytes of header values, want at most 1 MiB", len(rows), bytes)
 	}
 }
 

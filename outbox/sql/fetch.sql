@@ -2,16 +2,21 @@
 -- every transaction still running: a row with a smaller id can no longer
 -- appear behind them. Keys whose head row is failing are left out ($3).
 -- At most $2 rows, and only as many as one write of at most $4 bytes holds:
--- a row counts its key, value and headers (as JSON text, never less than
--- on the wire) plus $5, so the relay's memory is bounded by bytes, not only
--- by rows. The first row comes even when larger. Lengths of large values
--- come from their TOAST headers: rows left out are not read whole.
+-- a row counts its key, value and headers plus $5, never less than the
+-- write counts it, so the relay's memory is bounded by bytes, not only by
+-- rows. The first row comes even when larger. Sizes come from the datums'
+-- headers (TOAST pointers too), so rows left out are not read whole; stored
+-- jsonb is never smaller than the headers' bytes, but compressed jsonb can
+-- be, so that is measured as text. Sums of int4 are int8 (of int8 they
+-- would be numeric, much slower).
 SELECT id, message_id, topic, key, value, headers, created_at
 FROM (
 	SELECT page.*, sum(size) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto
 	FROM (
 		SELECT id, message_id, topic, key, value, headers, created_at,
-			$5::int8 + coalesce(octet_length(key), 0) + coalesce(octet_length(value), 0) + octet_length(headers::text) AS size
+			$5::int4 + coalesce(octet_length(key), 0) + coalesce(octet_length(value), 0)
+				+ CASE WHEN pg_column_compression(headers) IS NULL THEN pg_column_size(headers)
+					ELSE octet_length(headers::text) END AS size
 		FROM {{.Table}}
 		WHERE shard = $1 AND published_at IS NULL
 			AND xid < pg_snapshot_xmin(pg_current_snapshot())
