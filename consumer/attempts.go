@@ -99,3 +99,21 @@ func (p *partition) startAttempt(ctx context.Context, it *item) error {
 	}
 	return nil
 }
+
+// settledAttempts deletes, in tx, the attempts recorded for settled, the
+// messages tx settles, while the partition runs one message at a time: a
+// message that settled did not die, however often its process died before
+// its offset was committed. Nothing to do otherwise.
+func (p *partition) settledAttempts(ctx context.Context, tx pgx.Tx, settled []*item) error {
+	if p.suspects.starts == nil || len(settled) == 0 {
+		return nil
+	}
+	offsets := make([]int64, len(settled))
+	for i, it := range settled {
+		offsets[i] = it.msg.Offset
+	}
+	if _, err := tx.Exec(ctx, p.c.sql["attempts_settled"], p.c.cfg.Inbox.Scope, p.topic, p.id, offsets); err != nil {
+		return fmt.Errorf("forget settled attempts: %w", err)
+	}
+	return nil
+}

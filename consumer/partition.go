@@ -467,6 +467,9 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 			return t, err
 		}
 	}
+	if err := p.settledAttempts(ctx, tx, items); err != nil {
+		return t, err
+	}
 	if err := tx.Commit(ctx); err != nil {
 		// The outcome may be unknown (connection lost during COMMIT). The
 		// retry resolves it: committed tokens come back as duplicates.
@@ -490,6 +493,9 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 
 	commit := func(n int, cause error) (int, tally, error) {
+		if err := p.settledAttempts(ctx, tx, items[:n]); err != nil {
+			return 0, tally{}, err
+		}
 		if err := tx.Commit(ctx); err != nil {
 			return 0, tally{}, fmt.Errorf("commit: %w", err)
 		}
