@@ -1,20 +1,14 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"flag"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/exactlyhq/exactly/internal/kafkatest"
 )
 
 // TestKafkaSecurityFlags: the -kafka-* flags, their defaults from the
@@ -28,7 +22,7 @@ func TestKafkaSecurityFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, selfSignedPEM(t), 0o600); err != nil {
+	if err := os.WriteFile(ca, kafkatest.SelfSignedCA(t), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("KAFKA_SASL_USERNAME", "u")
@@ -108,19 +102,4 @@ func TestKafkaSecurityFlags(t *testing.T) {
 	if _, err := sec.transport(); err == nil || !strings.Contains(err.Error(), "KAFKA_SASL_PASSWORD") {
 		t.Errorf("SASL without a password: %v", err)
 	}
-}
-
-func selfSignedPEM(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

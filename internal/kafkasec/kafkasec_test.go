@@ -2,13 +2,6 @@ package kafkasec_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +18,7 @@ func TestFromEnvBuild(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, selfSignedPEM(t), 0o600); err != nil {
+	if err := os.WriteFile(ca, kafkatest.SelfSignedCA(t), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	notPEM := filepath.Join(dir, "not.pem")
@@ -168,7 +161,7 @@ func TestBrokers(t *testing.T) {
 			t.Fatal(err)
 		}
 		other := filepath.Join(t.TempDir(), "other-ca.pem")
-		if err := os.WriteFile(other, selfSignedPEM(t), 0o600); err != nil {
+		if err := os.WriteFile(other, kafkatest.SelfSignedCA(t), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if err := reach(build(t, "KAFKA_CA_FILE", other), kafkatest.TLSBrokers()); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
@@ -183,17 +176,3 @@ func TestBrokers(t *testing.T) {
 	})
 }
 
-func selfSignedPEM(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}

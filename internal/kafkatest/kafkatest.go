@@ -4,11 +4,17 @@ package kafkatest
 import (
 	"cmp"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -146,6 +152,23 @@ func TLSConfig(tb testing.TB) *tls.Config {
 		tb.Fatalf("kafkatest: no certificate in %s", TLSCAFile(tb))
 	}
 	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+}
+
+// SelfSignedCA returns the PEM certificate of a CA made for the test, which
+// trusts nothing the local broker serves.
+func SelfSignedCA(tb testing.TB) []byte {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // Listener is one of the local broker's SASL listeners.
