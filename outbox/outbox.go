@@ -168,9 +168,9 @@ type Message struct {
 	Value []byte
 	// Headers travel with the message. Their keys are text: valid UTF-8
 	// without NUL bytes (EnqueueTx refuses others); values are any bytes.
-	// The relay adds HeaderMessageID
-	// with the message id, unless Headers already carry one: a message
-	// replayed from a dead letter keeps the token it was first sent with.
+	// The relay adds HeaderMessageID with the message id, unless Headers
+	// already carry one: a message replayed from a dead letter keeps the
+	// token it was first sent with.
 	Headers []kafka.Header
 	// ID, when set, is the message id (a UUID) instead of a new UUIDv7: use
 	// it to re-publish a message under its original token.
@@ -305,7 +305,7 @@ const MaxTopicLength = 249
 // checkTopic returns why Kafka would refuse topic as a topic name, or "".
 func checkTopic(topic string) string {
 	if len(topic) > MaxTopicLength {
-		return fmt.Sprintf("has %d characters, more than Kafka's %d", len(topic), MaxTopicLength)
+		return fmt.Sprintf("has %d bytes, more than Kafka's %d", len(topic), MaxTopicLength)
 	}
 	if topic == "." || topic == ".." {
 		return "is not a topic name Kafka accepts"
