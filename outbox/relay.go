@@ -789,6 +789,15 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher,
 // than one write of pub holds (or one row larger than that), so that a
 // backlog of large rows costs the relay one write's worth of memory per
 // shard, not BatchSize rows.
+//
+// fetch.sql sums, in id order, each row's key and value lengths, its
+// headers' size and rowOverhead, never less than fit counts the row, and
+// keeps the rows up to the writer's BatchBytes. Lengths come from the
+// datums' headers (TOAST pointers too), so rows left out are not read
+// whole. Stored jsonb is never smaller than the header bytes it holds, but
+// compressed jsonb can be: that is measured as text. Sizes are int4, whose
+// sum is int8 (a sum of int8 is numeric, much slower). Keep the query under
+// track_activity_query_size (1kB): pg_stat_activity shows no more of it.
 func (r *Relay) fetchPending(ctx context.Context, conn *pgx.Conn, pub publisher, shard int, blocked [][]byte) ([]row, error) {
 	_, maxBytes := pub.limits()
 	return r.fetch(ctx, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, blocked, maxBytes, rowOverhead)

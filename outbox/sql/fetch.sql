@@ -1,14 +1,7 @@
 -- The oldest unpublished rows of a shard whose transactions are older than
 -- every transaction still running: a row with a smaller id can no longer
 -- appear behind them. Keys whose head row is failing are left out ($3).
--- At most $2 rows, and only as many as one write of at most $4 bytes holds:
--- a row counts its key, value and headers plus $5, never less than the
--- write counts it, so the relay's memory is bounded by bytes, not only by
--- rows. The first row comes even when larger. Sizes come from the datums'
--- headers (TOAST pointers too), so rows left out are not read whole; stored
--- jsonb is never smaller than the headers' bytes, but compressed jsonb can
--- be, so that is measured as text. Sums of int4 are int8 (of int8 they
--- would be numeric, much slower).
+-- At most $2 rows and, but for the first, $4 bytes (see fetchPending).
 SELECT id, message_id, topic, key, value, headers, created_at
 FROM (
 	SELECT page.*, sum(size) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto
