@@ -8,6 +8,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
 // committer commits the offsets of one generation's partitions to Kafka in
@@ -106,5 +108,6 @@ func (c *committer) flush() bool {
 		c.log.Warn("offset commit failed; retrying (messages committed in Postgres and redelivered meanwhile are skipped)", "offsets", offsets, "err", err)
 		return false
 	}
+	testhook.Run(hookAfterOffsetCommit)
 	return true
 }

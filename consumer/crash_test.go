@@ -29,8 +29,11 @@ import (
 
 // childMain runs a consumer that writes one effect per message. With
 // CHILD_HOOK=pause it prints COMMITTED and stops dead after its first
-// database commit, before the offset commit; otherwise it prints COMMITTED
-// after every database commit and runs until SIGTERM.
+// database commit, before the offset commit; with CHILD_HOOK=pause-at:NAME
+// it prints NAME and stops dead at the test hook NAME; with
+// CHILD_HOOK=exit:TOKEN its handler exits the process at that token.
+// Otherwise it prints COMMITTED after every database commit and runs until
+// SIGTERM.
 func childMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -45,14 +48,22 @@ func childMain() int {
 	cfg.BatchSize, _ = strconv.Atoi(os.Getenv("CHILD_BATCH"))
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var mu sync.Mutex
+	hook := os.Getenv("CHILD_HOOK")
 	testhook.Set("consumer.after-db-commit", func() {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Println("COMMITTED")
-		if os.Getenv("CHILD_HOOK") == "pause" {
+		if hook == "pause" {
 			select {} // the parent SIGKILLs us here
 		}
 	})
+	// pause-at:NAME prints NAME and stops dead at the hook of that name.
+	if name, ok := strings.CutPrefix(hook, "pause-at:"); ok {
+		testhook.Set(name, func() {
+			fmt.Println(name)
+			select {}
+		})
+	}
 	if n, err := strconv.Atoi(os.Getenv("CHILD_MAX_ATTEMPTS")); err == nil {
 		cfg.MaxAttempts = n
 	}
@@ -111,6 +122,44 @@ func TestCrashAfterDBCommit(t *testing.T) {
 	var dups int
 	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{b.schema, "inbox"}.Sanitize()).Scan(&dups); err != nil || dups != n {
 		t.Fatalf("inbox holds %d tokens (err %v), want %d", dups, err, n)
+	}
+}
+
+// TestKillWindows kills the consumer at each window of the commit order:
+// before the database commit (nothing of the batch committed), after it and
+// before the offset commit (the batch committed, its offset not), and after
+// the offset commit. A new consumer then applies every message exactly once.
+func TestKillWindows(t *testing.T) {
+	t.Parallel()
+	for _, w := range []struct {
+		hook             string
+		applied, offsets bool // whether the kill left effects, committed offsets
+	}{
+		{"consumer.before-db-commit", false, false},
+		{"consumer.after-db-commit", true, false},
+		{"consumer.after-offset-commit", true, true},
+	} {
+		t.Run(w.hook, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, 1)
+			const n = 300
+			kafkatest.Produce(t, b.writer, msgs("w", n, 7)...)
+			first := startChild(t, b, "pause-at:"+w.hook, 50)
+			first.WaitLine(t, w.hook, 60*time.Second)
+			first.Kill()
+			var applied int
+			if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects).Scan(&applied); err != nil {
+				t.Fatal(err)
+			}
+			offset := committed(t, b.cfg.GroupID, b.topic)
+			if (applied > 0) != w.applied || (offset > 0) != w.offsets {
+				t.Fatalf("killed with %d effects and offset %d: not the window %s", applied, offset, w.hook)
+			}
+			second := startChild(t, b, "", 50)
+			waitCommitted(t, b, n)
+			second.Kill()
+			checkEffects(t, b, n)
+		})
 	}
 }
 

@@ -24,7 +24,9 @@ import (
 
 // Test hook names (see internal/testhook).
 const (
-	hookAfterDBCommit = "consumer.after-db-commit"
+	hookBeforeDBCommit    = "consumer.before-db-commit"
+	hookAfterDBCommit     = "consumer.after-db-commit"
+	hookAfterOffsetCommit = "consumer.after-offset-commit"
 )
 
 // partition processes one assigned partition for one generation.
@@ -472,6 +474,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 	if err := p.settledAttempts(ctx, tx, items); err != nil {
 		return t, err
 	}
+	testhook.Run(hookBeforeDBCommit)
 	if err := tx.Commit(ctx); err != nil {
 		// The outcome may be unknown (connection lost during COMMIT). The
 		// retry resolves it: committed tokens come back as duplicates.
@@ -498,6 +501,7 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		if err := p.settledAttempts(ctx, tx, items[:n]); err != nil {
 			return 0, tally{}, err
 		}
+		testhook.Run(hookBeforeDBCommit)
 		if err := tx.Commit(ctx); err != nil {
 			return 0, tally{}, fmt.Errorf("commit: %w", err)
 		}
