@@ -618,6 +618,7 @@ func metricNames() map[string]bool {
 		{outbox.MetricBacklog, "gauge", ""},
 		{outbox.MetricOldestAge, "gauge", "s"},
 		{outbox.MetricShardOwned, "gauge", ""},
+		{outbox.MetricRowsOutsideShards, "gauge", ""},
 	}
 	names := map[string]bool{}
 	for _, i := range insts {

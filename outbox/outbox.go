@@ -272,9 +272,19 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 			return nil, fmt.Errorf("%w: message %d: ID %q is not a UUID", ErrInvalidMessage, i, id)
 		}
 		hs := make([]header, 0, len(m.Headers)+len(carrier))
+		idHeaders := 0
 		for _, h := range m.Headers {
-			if h.Key == HeaderMessageID && m.ID != "" {
-				return nil, fmt.Errorf("%w: message %d sets both ID and the %s header", ErrInvalidMessage, i, HeaderMessageID)
+			// Consumers read the header in any case and refuse a message
+			// that has two: the relay would add a second beside a
+			// lower-case one.
+			if strings.EqualFold(h.Key, HeaderMessageID) {
+				idHeaders++
+				if m.ID != "" {
+					return nil, fmt.Errorf("%w: message %d sets both ID and the %s header", ErrInvalidMessage, i, h.Key)
+				}
+				if idHeaders > 1 {
+					return nil, fmt.Errorf("%w: message %d has %d %s headers; consumers dead-letter such a message", ErrInvalidMessage, i, idHeaders, HeaderMessageID)
+				}
 			}
 			hs = append(hs, header{Key: h.Key, Value: h.Value})
 		}

@@ -686,6 +686,8 @@ func TestEnqueueRefusesBadNames(t *testing.T) {
 		{outbox.Message{Topic: "ünïcode"}, `topic "ünïcode"`},
 		{outbox.Message{Topic: ".."}, `topic ".."`},
 		{outbox.Message{Topic: strings.Repeat("t", 250)}, "250"},
+		{outbox.Message{Topic: b.topic, Headers: []kafka.Header{{Key: "Idempotency-Key", Value: []byte("a")}, {Key: "idempotency-key", Value: []byte("b")}}}, "2 Idempotency-Key headers"},
+		{outbox.Message{Topic: b.topic, ID: "0190a0e4-0000-7000-8000-000000000001", Headers: []kafka.Header{{Key: "IDEMPOTENCY-KEY", Value: []byte("a")}}}, "sets both ID and the IDEMPOTENCY-KEY header"},
 	} {
 		_, err := b.ob.Enqueue(ctx, b.pool, tc.m)
 		if !errors.Is(err, outbox.ErrInvalidMessage) || !strings.Contains(err.Error(), tc.want) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -958,7 +959,7 @@ func kafkaMessages(rows []row) ([]kafka.Message, error) {
 		hasID := false
 		for _, h := range hs {
 			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
-			hasID = hasID || h.Key == HeaderMessageID
+			hasID = hasID || strings.EqualFold(h.Key, HeaderMessageID)
 		}
 		if !hasID {
 			kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
