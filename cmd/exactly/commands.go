@@ -289,14 +289,25 @@ func (e *env) printStatus(st status) {
 
 	fmt.Fprintf(e.stdout, "\nOUTBOX %s\n", pgx.Identifier{e.schema, e.outboxTable}.Sanitize())
 	rows = nil
+	var outside []string
+	var outsideRows int64
 	for _, s := range st.Outbox {
 		owner := "yes"
 		if !s.Owned {
 			owner = "NO RELAY"
 		}
+		if s.Outside {
+			owner += fmt.Sprintf(" (outside -shards %d)", e.shards)
+			outside = append(outside, strconv.Itoa(s.Shard))
+			outsideRows += s.Backlog
+		}
 		rows = append(rows, []string{strconv.Itoa(s.Shard), strconv.FormatInt(s.Backlog, 10), ago(s.Oldest), owner})
 	}
 	e.table("SHARD\tBACKLOG\tOLDEST\tOWNED", rows)
+	if len(outside) > 0 {
+		fmt.Fprintf(e.stdout, "WARNING: %d rows in shards [%s] at or above -shards %d: writers use more shards than -shards; no relay configured with %d shards publishes them (runbook: ExactlyOutboxShardUnowned)\n",
+			outsideRows, strings.Join(outside, " "), e.shards, e.shards)
+	}
 
 	fmt.Fprintf(e.stdout, "\nDEAD LETTERS %s (unresolved)\n", pgx.Identifier{e.schema, e.deadLetters}.Sanitize())
 	rows = nil

@@ -563,6 +563,26 @@ func TestStatusAndPrune(t *testing.T) {
 	}
 }
 
+// TestStatusOutsideShards: rows that writers with more shards put beyond the
+// -shards the status is asked with are listed and warned about.
+func TestStatusOutsideShards(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ob, err := outbox.New(outbox.Config{Schema: b.schema, Shards: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if _, err := ob.Enqueue(context.Background(), b.pool, outbox.Message{Topic: b.topic, Key: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ := cli(t, "status", "-schema", b.schema, "-shards", "4")
+	if code != 0 || !strings.Contains(out, "NO RELAY (outside -shards 4)") || !strings.Contains(out, "at or above -shards 4: writers use more shards than -shards") {
+		t.Errorf("status: exit %d\n%s", code, out)
+	}
+}
+
 // TestPruneFloorAndDatabaseClock: prune refuses an -older-than below
 // pruneFloor unless -force, and computes its cut-off from the database's
 // clock. The database's now() is moved two days back for the CLI's session
