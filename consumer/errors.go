@@ -56,6 +56,9 @@ const (
 func isTransient(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if len(pgErr.Code) != 5 { // not a SQLSTATE: nothing says retrying heals it
+			return false
+		}
 		switch pgErr.Code[:2] {
 		case "08", // connection exception
 			"53", // insufficient resources (too many connections, disk full)

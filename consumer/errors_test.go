@@ -29,6 +29,8 @@ func TestErrorClassification(t *testing.T) {
 		{"permanent", Permanent(errors.New("bad input")), false, ReasonPermanent},
 		{"undecodable", fmt.Errorf("%w: json", ErrUndecodable), false, ReasonUndecodable},
 		{"context deadline", context.DeadlineExceeded, false, ReasonHandlerError},
+		{"PgError without a code", &pgconn.PgError{Message: "made by hand"}, false, ReasonHandlerError},
+		{"PgError with a short code", &pgconn.PgError{Code: "4"}, false, ReasonHandlerError},
 	} {
 		if got := isTransient(tc.err); got != tc.transient {
 			t.Errorf("%s: isTransient = %v, want %v", tc.name, got, tc.transient)
