@@ -54,6 +54,17 @@ type Config struct {
 	// Token finds each message's idempotency token. Defaults to the
 	// Idempotency-Key header (inbox.FromHeader("")), which the outbox sets.
 	Token inbox.TokenSource
+	// OnDuplicate, when set, is called for every delivery whose token an
+	// earlier delivery already applied (a redelivery, a producer's retry),
+	// in the batch's transaction, with the result the first delivery stored
+	// with Message.SetResult, or nil. Request/reply over Kafka uses it to
+	// send the stored reply again, enqueued through the outbox in tx. Its
+	// error is handled like a handler's (retries, then a dead letter). It
+	// runs after the handler calls of the batch's fresh messages. A message
+	// that was dead-lettered claimed no token: its next delivery is handled,
+	// not passed here. Defaults to nil: duplicates are skipped without a
+	// call, as cheaply as before.
+	OnDuplicate DuplicateFunc
 	// AtLeastOnce switches the inbox off: no token is read or claimed, and
 	// a message delivered again (after a crash, a rebalance, a producer
 	// retry) is handled again. Batching, ordering, retries, dead letters
@@ -172,6 +183,9 @@ func (c Config) validate() error {
 	}
 	if c.Pool == nil {
 		errs = append(errs, errors.New("consumer: Config.Pool: required"))
+	}
+	if c.AtLeastOnce && c.OnDuplicate != nil {
+		errs = append(errs, errors.New("consumer: Config.OnDuplicate: AtLeastOnce claims no tokens, so no delivery is known as a duplicate"))
 	}
 	if err := sqlname.Check("consumer: Config.DeadLetterTable", c.DeadLetterTable+"_scope_reason_idx"); err != nil {
 		errs = append(errs, err)

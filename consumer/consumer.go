@@ -31,7 +31,30 @@ type Message struct {
 	Token inbox.Token
 	// Attempt counts handler invocations for this message, from 1.
 	Attempt int
+
+	store *inbox.Store // nil with Config.AtLeastOnce
 }
+
+// ErrNoInbox is returned by Message.SetResult with Config.AtLeastOnce, which
+// claims no tokens to store results with.
+var ErrNoInbox = errors.New("consumer: no inbox (Config.AtLeastOnce)")
+
+// SetResult stores result with the message's token in tx, the transaction
+// the handler was given, so that it commits with the message's effects. A
+// later delivery of the same token hands it to Config.OnDuplicate: a
+// request/reply handler uses it to send the same reply again.
+func (m Message) SetResult(ctx context.Context, tx pgx.Tx, result []byte) error {
+	if m.store == nil {
+		return ErrNoInbox
+	}
+	return m.store.SetResult(ctx, tx, m.Token, result)
+}
+
+// DuplicateFunc is called for a delivery whose token an earlier delivery
+// already applied, in the batch's transaction, with the result that delivery
+// stored with Message.SetResult (nil if it stored none). See
+// Config.OnDuplicate.
+type DuplicateFunc func(ctx context.Context, tx pgx.Tx, m Message, stored []byte) error
 
 // Handler applies one message's effects through tx, the transaction that
 // claimed its token. It must do all its database work through tx and must not

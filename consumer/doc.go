@@ -80,6 +80,16 @@
 // upsert keyed by the message; the benchmark uses it to measure what the
 // inbox costs.
 //
+// # The first delivery's result
+//
+// The HTTP middleware answers a repeated request with the stored response; a
+// Kafka handler answers with a message. A handler stores its result with
+// [Message.SetResult] in its transaction; a later delivery of the same token
+// (a redelivery, a producer's retry) calls Config.OnDuplicate with that
+// result, in the batch's transaction, so a request/reply handler can enqueue
+// the same reply again through the outbox. Without OnDuplicate, duplicates
+// are skipped as cheaply as ever.
+//
 // # Dead letters
 //
 // The dead-letter table keeps the whole message (key, value, headers,

@@ -361,8 +361,12 @@ func (it *item) request() inbox.Request {
 	return inbox.Request{Token: it.token, Fingerprint: it.fp, Origin: inbox.Origin{Topic: it.msg.Topic, Partition: it.msg.Partition, Offset: it.msg.Offset}}
 }
 
-func (it *item) message() Message {
-	return Message{Message: it.msg, Token: it.token, Attempt: it.attempts + 1}
+func (p *partition) message(it *item) Message {
+	m := Message{Message: it.msg, Token: it.token, Attempt: it.attempts + 1}
+	if !p.c.cfg.AtLeastOnce {
+		m.store = p.c.inbox
+	}
+	return m
 }
 
 // tally counts a batch's outcomes for metrics and logs.
@@ -439,6 +443,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 	fresh := make([]Message, 0, len(reqs))
 	freshIdx := make([]int, 0, len(reqs))
 	var dead []*item
+	var dups []duplicate // only with Config.OnDuplicate
 	j := 0
 	for i, it := range items {
 		if it.reason != "" {
@@ -447,10 +452,13 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 		}
 		switch c := claims[j]; c.Outcome {
 		case inbox.Fresh:
-			fresh = append(fresh, it.message())
+			fresh = append(fresh, p.message(it))
 			freshIdx = append(freshIdx, i)
 		case inbox.Duplicate:
 			t.duplicates++
+			if p.c.cfg.OnDuplicate != nil {
+				dups = append(dups, duplicate{index: i, stored: c.Stored})
+			}
 		case inbox.Conflict:
 			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
 			dead = append(dead, it)
@@ -464,6 +472,11 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 				he.index = freshIdx[he.index]
 			}
 			return t, err
+		}
+	}
+	for _, d := range dups {
+		if err := p.onDuplicate(ctx, tx, items[d.index], d.stored); err != nil {
+			return t, &handlerError{index: d.index, err: err}
 		}
 	}
 	for _, it := range dead {
@@ -529,14 +542,15 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 				return 0, t, err
 			}
 		}
-		switch c.Outcome {
-		case inbox.Duplicate:
+		duplicate := c.Outcome == inbox.Duplicate
+		switch {
+		case duplicate && p.c.cfg.OnDuplicate == nil:
 			if err := sp.Commit(ctx); err != nil {
 				return 0, t, fmt.Errorf("release savepoint: %w", err)
 			}
 			t.duplicates++
 			continue
-		case inbox.Conflict:
+		case c.Outcome == inbox.Conflict:
 			if err := sp.Rollback(ctx); err != nil {
 				return 0, t, fmt.Errorf("rollback to savepoint: %w", err)
 			}
@@ -547,12 +561,21 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 			t.dead++
 			continue
 		}
-		herr := p.c.handle(ctx, sp, []Message{it.message()})
+		var herr error
+		if duplicate {
+			herr = p.onDuplicate(ctx, sp, it, c.Stored)
+		} else {
+			herr = p.c.handle(ctx, sp, []Message{p.message(it)})
+		}
 		if herr == nil {
 			if err := sp.Commit(ctx); err != nil {
 				return 0, t, fmt.Errorf("release savepoint: %w", err)
 			}
-			t.processed++
+			if duplicate {
+				t.duplicates++
+			} else {
+				t.processed++
+			}
 			continue
 		}
 		if err := sp.Rollback(ctx); err != nil {
@@ -580,6 +603,20 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		return commit(i, he)
 	}
 	return commit(len(items), nil)
+}
+
+// duplicate is a message of a batch whose token an earlier delivery
+// claimed, and the result that delivery stored.
+type duplicate struct {
+	index  int
+	stored []byte
+}
+
+// onDuplicate calls Config.OnDuplicate for it, whose token an earlier
+// delivery claimed and stored result with, recovering a panic.
+func (p *partition) onDuplicate(ctx context.Context, tx pgx.Tx, it *item, stored []byte) error {
+	m := p.message(it)
+	return callSafely(func() error { return p.c.cfg.OnDuplicate(ctx, tx, m, stored) })
 }
 
 // claimBatch claims the tokens of reqs in the inbox, or, with
