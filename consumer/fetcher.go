@@ -107,9 +107,12 @@ func (f *fetcher) fetch(ctx context.Context) (fetched, error) {
 	if f.isolation == kafka.ReadCommitted && p.LastStableOffset >= 0 {
 		end = p.LastStableOffset
 	}
+	start := f.next
 	msgs, err := f.records(p)
 	if err != nil {
-		// Nothing of this response is returned: the next fetch reads it again.
+		// Nothing of this response is returned: the next fetch reads it
+		// again, from where this one started.
+		f.next = start
 		return fetched{}, err
 	}
 	return fetched{msgs: msgs, next: f.next, end: end}, nil
