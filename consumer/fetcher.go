@@ -107,20 +107,24 @@ func (f *fetcher) fetch(ctx context.Context) (fetched, error) {
 	if f.isolation == kafka.ReadCommitted && p.LastStableOffset >= 0 {
 		end = p.LastStableOffset
 	}
-	start := f.next
 	msgs, err := f.records(p)
 	if err != nil {
-		// Nothing of this response is returned: the next fetch reads it
-		// again, from where this one started.
-		f.next = start
 		return fetched{}, err
 	}
 	return fetched{msgs: msgs, next: f.next, end: end}, nil
 }
 
 // records decodes a partition's record batches, skipping control batches
-// and aborted transactions, and moves f.next past all of them.
-func (f *fetcher) records(p *fetchAPI.ResponsePartition) ([]kafka.Message, error) {
+// and aborted transactions, and moves f.next past all of them. On an error
+// it returns nothing and leaves f.next where it was: the next fetch reads the
+// response's records again.
+func (f *fetcher) records(p *fetchAPI.ResponsePartition) (msgs []kafka.Message, err error) {
+	start := f.next
+	defer func() {
+		if err != nil {
+			msgs, f.next = nil, start
+		}
+	}()
 	var batches []protocol.RecordReader
 	switch rs := p.RecordSet.Records.(type) {
 	case nil:
@@ -134,7 +138,6 @@ func (f *fetcher) records(p *fetchAPI.ResponsePartition) ([]kafka.Message, error
 		return cmp.Compare(a.FirstOffset, b.FirstOffset)
 	})
 	abortedProducers := map[int64]bool{}
-	var msgs []kafka.Message
 	for _, batch := range batches {
 		switch b := batch.(type) {
 		case *protocol.ControlBatch:
