@@ -1,28 +1,35 @@
 package inbox_test
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/inbox"
-	"github.com/exactlyhq/exactly/internal/pgtest"
 )
 
-// Example_claim claims one token twice: the first transaction applies the
-// work and stores its result; the second finds the token and returns it.
-func Example_claim() {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.DSN())
+// ExampleStore_Claim places one order three times with the same
+// Idempotency-Key: the first claim is fresh and does the work, the repeat is
+// a duplicate that gets the stored result back, and the same key with
+// another payload is a conflict.
+func ExampleStore_Claim() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, cmp.Or(os.Getenv("DATABASE_URL"), "postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=disable"))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	schema := "example_" + pgtest.RandomSuffix()
-	defer pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE") //nolint:errcheck
+	schema := createSchema(ctx, pool) // your application would use the default, "exactly"
+	defer dropSchema(pool, schema)
 
 	cfg := inbox.Config{Schema: schema, Scope: "checkout"}
 	if err := inbox.Migrate(ctx, pool, cfg); err != nil {
@@ -32,11 +39,12 @@ func Example_claim() {
 	if err != nil {
 		log.Fatal(err)
 	}
+
 	placeOrder := func(key string, body []byte) {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			tok, err := inbox.ParseToken(key)
 			if err != nil {
-				return err
+				return err // wraps inbox.ErrNoToken or inbox.ErrInvalidToken
 			}
 			c, err := store.Claim(ctx, tx, inbox.Request{Token: tok, Fingerprint: inbox.Fingerprint(body)})
 			if err != nil {
@@ -44,12 +52,14 @@ func Example_claim() {
 			}
 			switch c.Outcome {
 			case inbox.Duplicate:
-				fmt.Printf("duplicate: %s\n", c.Stored)
+				fmt.Printf("duplicate: answer again with %q\n", c.Stored)
 				return nil
 			case inbox.Conflict:
-				fmt.Println("conflict: key reused for another order")
+				fmt.Println("conflict: the key was used for another order")
 				return nil
 			}
+			// inbox.Fresh: do the work in tx, and keep its result for
+			// duplicates. Both commit with the token, or none of them.
 			fmt.Println("fresh: charging the card")
 			return store.SetResult(ctx, tx, tok, []byte("order 1001"))
 		})
@@ -58,10 +68,29 @@ func Example_claim() {
 		}
 	}
 	placeOrder("9b2f6c1e-4a8d-4c3e-b1f0-3d2a5e7c9f10", []byte(`{"sku":"tea"}`))
-	placeOrder("9b2f6c1e-4a8d-4c3e-b1f0-3d2a5e7c9f10", []byte(`{"sku":"tea"}`))
-	placeOrder("9b2f6c1e-4a8d-4c3e-b1f0-3d2a5e7c9f10", []byte(`{"sku":"coffee"}`))
+	placeOrder("9b2f6c1e-4a8d-4c3e-b1f0-3d2a5e7c9f10", []byte(`{"sku":"tea"}`))    // a double click
+	placeOrder("9b2f6c1e-4a8d-4c3e-b1f0-3d2a5e7c9f10", []byte(`{"sku":"coffee"}`)) // a client bug
 	// Output:
 	// fresh: charging the card
-	// duplicate: order 1001
-	// conflict: key reused for another order
+	// duplicate: answer again with "order 1001"
+	// conflict: the key was used for another order
+}
+
+// createSchema creates a schema of its own for an example, so that examples
+// and tests can share a database.
+func createSchema(ctx context.Context, pool *pgxpool.Pool) string {
+	name := "example_" + strings.ToLower(rand.Text()[:12])
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		log.Fatal(err)
+	}
+	return name
+}
+
+// dropSchema drops an example's schema and everything in it.
+func dropSchema(pool *pgxpool.Pool, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{name}.Sanitize()+" CASCADE"); err != nil {
+		log.Print(err)
+	}
 }
