@@ -6,7 +6,9 @@
 -- kill the process"). One row per message started that way; rows below a
 -- partition's committed offset are deleted at its next assignment.
 CREATE TABLE {{.Attempts}} (
-	scope           text COLLATE "C" NOT NULL,
+	-- The consumer group: a partition's progress is the group's, and two
+	-- groups may share an inbox scope.
+	consumer_group  text COLLATE "C" NOT NULL,
 	kafka_topic     text NOT NULL,
 	kafka_partition integer NOT NULL,
 	kafka_offset    bigint NOT NULL,
@@ -16,5 +18,5 @@ CREATE TABLE {{.Attempts}} (
 	-- message's own offset.
 	last_offset     bigint NOT NULL,
 	updated_at      timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (scope, kafka_topic, kafka_partition, kafka_offset)
+	PRIMARY KEY (consumer_group, kafka_topic, kafka_partition, kafka_offset)
 );

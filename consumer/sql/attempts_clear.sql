@@ -1,2 +1,2 @@
 -- Forget every attempt of a partition.
-DELETE FROM {{.Attempts}} WHERE scope = $1 AND kafka_topic = $2 AND kafka_partition = $3
+DELETE FROM {{.Attempts}} WHERE consumer_group = $1 AND kafka_topic = $2 AND kafka_partition = $3

@@ -2,8 +2,8 @@
 -- $4 (settled), and return those at or above it (started, maybe not).
 WITH settled AS (
 	DELETE FROM {{.Attempts}}
-	WHERE scope = $1 AND kafka_topic = $2 AND kafka_partition = $3 AND kafka_offset < $4
+	WHERE consumer_group = $1 AND kafka_topic = $2 AND kafka_partition = $3 AND kafka_offset < $4
 )
 SELECT kafka_offset, starts, last_offset FROM {{.Attempts}}
-WHERE scope = $1 AND kafka_topic = $2 AND kafka_partition = $3 AND kafka_offset >= $4
+WHERE consumer_group = $1 AND kafka_topic = $2 AND kafka_partition = $3 AND kafka_offset >= $4
 ORDER BY kafka_offset

@@ -69,8 +69,9 @@ import (
 
 const partitions = 4
 
-// Values consumer.Config.withDefaults applies and consumer/partition.go
-// passes to kafka-go; the naive variant uses the same.
+// Values consumer.Config.withDefaults applies; the naive variant's kafka-go
+// reader uses the same timers and the fetch sizes the consumer used before
+// it fetched record batches itself.
 const (
 	sessionTimeout    = consumer.SessionTimeoutDefault
 	heartbeatInterval = consumer.HeartbeatIntervalDefault
@@ -383,7 +384,7 @@ func profiling(variant string, round int) bool {
 
 func (b *bench) configLine() string {
 	return fmt.Sprintf("config (all variants): consumer BatchSize=%d BatchWait=%v FetchMaxWait=%v SessionTimeout=%v HeartbeatInterval=%v StartOffset=first; "+
-		"kafka-go reader (as consumer/partition.go sets it) MinBytes=%d MaxBytes=%dMiB MaxWait=%v QueueCapacity=%d; "+
+		"naive's kafka-go reader MinBytes=%d MaxBytes=%dMiB MaxWait=%v QueueCapacity=%d (the consumer fetches record batches itself, 1 MiB per response); "+
 		"backlog %d msgs x %d B on %d partitions, %d keys; naive on the first %d; pool MaxConns=%d; GOMAXPROCS=%d",
 		*batchSize, *batchWait, *fetchWait, sessionTimeout, heartbeatInterval,
 		readerMinBytes, readerMaxBytes>>20, *fetchWait, *batchSize,
