@@ -11,7 +11,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -70,4 +72,40 @@ func RandomSuffix() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// PoolVia is Pool connecting to addr (host:port), such as a test proxy in
+// front of Postgres, instead of the DSN's host and port; user, password and
+// database stay the DSN's. It never uses TLS, whatever the DSN's sslmode, so
+// that a proxy can read the messages (internal/netproxy.PGSplitter).
+func PoolVia(tb testing.TB, addr string) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(DSN())
+	if err != nil {
+		tb.Fatalf("pgtest: parse DATABASE_URL: %v", err)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		tb.Fatalf("pgtest: %q is not host:port: %v", addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		tb.Fatalf("pgtest: port of %q: %v", addr, err)
+	}
+	cfg.ConnConfig.Host, cfg.ConnConfig.Port = host, uint16(p)
+	cfg.ConnConfig.TLSConfig, cfg.ConnConfig.Fallbacks = nil, nil
+	cfg.ConnConfig.RuntimeParams["search_path"] = ""
+	cfg.MaxConns = 16
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		tb.Fatalf("pgtest: connect via %s: %v", addr, err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		tb.Fatalf("pgtest: Postgres via %s is unreachable: %v", addr, err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
 }
