@@ -16,9 +16,10 @@
 //     before TCP gives up. Blackhole then CloseAll is a cut whose new
 //     connections hang instead of being refused.
 //   - Inspect frames what clients send into messages and can drop one (the
-//     connection is closed without forwarding it) or forward it and drop
-//     the server's reply (the connection is closed once the server
-//     answered), so that the client cannot know the outcome.
+//     connection is closed without forwarding it), forward it and drop the
+//     server's reply (the connection is closed once the server answered),
+//     so that the client cannot know the outcome, or stall the connection
+//     there for good (a half-open connection).
 //
 // Close stops every goroutine the proxy started.
 package netproxy
@@ -46,6 +47,12 @@ const (
 	// back and closes the connection once the server answered: the server
 	// acted on the message, the client never learns how.
 	DropReply
+	// Stall forwards neither the message nor anything after it, in either
+	// direction, and keeps the connection open: a half-open connection, as
+	// when the peer vanished without a FIN or a RST (a failover, an expired
+	// NAT or firewall entry) and TCP has not noticed yet. Only Close,
+	// CloseAll and Reset end it; new connections are served.
+	Stall
 )
 
 // ConnInfo describes a client connection.
@@ -306,6 +313,7 @@ type link struct {
 	dropTimer *time.Timer
 
 	dropReply atomic.Bool // discard the server's bytes and close at the first
+	stalled   atomic.Bool // forward nothing more, ever
 	sawReset  atomic.Bool // a side reset the connection: reset the other
 	done      chan struct{}
 }
@@ -446,10 +454,21 @@ func (l *link) write(dst net.Conn, in <-chan chunk) {
 			return
 		}
 		if !ok {
+			if l.stalled.Load() { // a FIN of a stalled connection is lost too
+				<-l.done
+				return
+			}
 			l.close(l.sawReset.Load())
 			return
 		}
+		if c.act == Stall {
+			l.stalled.Store(true)
+		}
 		for {
+			if l.stalled.Load() {
+				<-l.done
+				return
+			}
 			select {
 			case <-l.p.flow():
 			case <-l.done:

@@ -302,7 +302,7 @@ func TestNetProxyInspect(t *testing.T) {
 	var mu sync.Mutex
 	var reply []byte
 	p.Inspect(func(netproxy.ConnInfo) netproxy.Inspector {
-		return lines{act: map[string]netproxy.Action{"drop\n": netproxy.Drop, "reply\n": netproxy.DropReply}, mu: &mu, reply: &reply}
+		return lines{act: map[string]netproxy.Action{"drop\n": netproxy.Drop, "reply\n": netproxy.DropReply, "stall\n": netproxy.Stall}, mu: &mu, reply: &reply}
 	})
 
 	c := dial(t, p.Addr())
@@ -333,6 +333,28 @@ func TestNetProxyInspect(t *testing.T) {
 	if !e.received("reply\n") {
 		t.Fatal("the message whose reply was dropped did not reach the server")
 	}
+
+	c = dial(t, p.Addr())
+	mustEcho(t, c, "c\n")
+	if _, err := roundTrip(c, "stall\n", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("round trip of a stalling message: %v, want a timeout", err)
+	}
+	if _, err := roundTrip(c, "after\n", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("round trip on a stalled connection: %v, want a timeout", err)
+	}
+	if e.received("stall\n") || e.received("after\n") {
+		t.Fatal("a stalled connection forwarded bytes")
+	}
+	_ = c.Close() // the FIN is lost too: the proxy keeps the connection
+	time.Sleep(50 * time.Millisecond)
+	if open := p.Conns(); open != 1 {
+		t.Fatalf("%d connections open after the client closed a stalled one, want it kept", open)
+	}
+	mustEcho(t, dial(t, p.Addr()), "d\n") // new connections are served
+	if n := p.CloseAll(); n != 2 {
+		t.Fatalf("CloseAll closed %d connections, want 2", n)
+	}
+
 	mu.Lock()
 	defer mu.Unlock()
 	if string(reply) != "reply\n" {
