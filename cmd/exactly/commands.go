@@ -154,8 +154,22 @@ func migrateStatus(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	return nil
 }
 
+// migrateSQL prints the migrations; it connects to no database.
 func migrateSQL(_ context.Context, e *env, _ *flag.FlagSet) error {
 	lines, _ := e.lines()
+	if e.json {
+		type script struct {
+			Component string `json:"component"`
+			Schema    string `json:"schema"`
+			Table     string `json:"table"`
+			SQL       string `json:"sql"`
+		}
+		out := []script{}
+		for _, l := range lines {
+			out = append(out, script{l.Component, l.Schema, l.Target, l.SQL()})
+		}
+		return e.printJSON(out)
+	}
 	for _, l := range lines {
 		fmt.Fprint(e.stdout, l.SQL())
 	}
@@ -200,7 +214,7 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
-func statusCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+func statusCmd(fs *flag.FlagSet) handler {
 	brokers := fs.String("brokers", "", "Kafka brokers, comma-separated, to report consumer lag (default $KAFKA_BROKERS)")
 	var groups stringList
 	fs.Var(&groups, "group", "consumer group to report lag for (repeatable; default: every inbox scope that is a group)")
@@ -269,9 +283,12 @@ func statusCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) erro
 			}
 		}
 		if e.json {
-			return e.printJSON(st)
+			if err := e.printJSON(st); err != nil {
+				return err
+			}
+		} else {
+			e.printStatus(st)
 		}
-		e.printStatus(st)
 		if st.LagError != "" {
 			return fmt.Errorf("consumer lag: %s", st.LagError)
 		}
@@ -438,15 +455,26 @@ type filters struct {
 	all                         *bool
 }
 
-func addFilters(fs *flag.FlagSet) filters {
+// addFilters defines the flags that select consumer dead letters; -all
+// (resolved ones too) only for listing them.
+func addFilters(fs *flag.FlagSet, listing bool) filters {
 	return filters{
 		match:  fs.String("scope", "", "only this scope (consumer group)"),
 		reason: fs.String("reason", "", "only this reason (no_token, token_conflict, handler_error, …)"),
 		since:  fs.String("since", "", "only dead letters created since (RFC 3339 time, or an age like 24h or 7d)"),
 		until:  fs.String("until", "", "only dead letters created before (RFC 3339 time, or an age)"),
 		limit:  fs.Int("limit", 100, "at most this many"),
-		all:    fs.Bool("all", false, "include resolved (replayed or discarded) dead letters"),
+		all:    addAll(fs, listing),
 	}
+}
+
+// addAll defines -all when listing; a replay or discard selects unresolved
+// dead letters only.
+func addAll(fs *flag.FlagSet, listing bool) *bool {
+	if !listing {
+		return new(bool)
+	}
+	return fs.Bool("all", false, "include resolved (replayed or discarded) dead letters")
 }
 
 func (f filters) any() bool {
@@ -501,8 +529,8 @@ func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]de
 	return out, err
 }
 
-func dlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
-	f := addFilters(fs)
+func dlList(fs *flag.FlagSet) handler {
+	f := addFilters(fs, true)
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
 		if err := e.connect(ctx); err != nil {
 			return err
@@ -580,9 +608,9 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 // deadLetterTable is what the dead-letters and outbox-dead-letters commands
 // differ in.
 type deadLetterTable struct {
-	noun    string                      // in messages: "dead letters"
-	filters func(*flag.FlagSet) filters // the flags that select them
-	tables  func(*env) []string         // the tables a replay needs
+	noun    string                            // in messages: "dead letters"
+	filters func(*flag.FlagSet, bool) filters // the flags that select them
+	tables  func(*env) []string               // the tables a replay needs
 	list    func(context.Context, *env, filters, []int64) ([]int64, error)
 	resolve func(*env, context.Context, *outbox.Outbox, int64, string) (bool, error)
 }
@@ -619,8 +647,8 @@ func shorten(s string, n int) string {
 // of its own: a replay enqueues the message into the outbox in the same
 // transaction that marks the dead letter resolved, so running it twice, or
 // from two terminals, enqueues it once.
-func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) func(context.Context, *env, *flag.FlagSet) error {
-	f := t.filters(fs)
+func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) handler {
+	f := t.filters(fs, false)
 	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
 	return func(ctx context.Context, e *env, fs *flag.FlagSet) error {
 		ids, err := parseIDs(e.args)
@@ -636,7 +664,6 @@ func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) func(con
 			})
 			return usageError{fmt.Sprintf("name %s by ID or filter (%s)", t.noun, strings.Join(names, ", "))}
 		}
-		*f.all = false
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
@@ -816,7 +843,7 @@ func replayID(topic string, partition int, offset int64) string {
 // age below an hour is almost certainly a typo (1s for 1d, 30m for 30d).
 const pruneFloor = time.Hour
 
-func pruneCmd(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
+func pruneCmd(fs *flag.FlagSet) handler {
 	olderThan := fs.String("older-than", "", "delete tokens claimed longer ago than this (e.g. 30d, 720h), by the database's clock; required")
 	scope := fs.String("scope", "", "only this scope (default: every scope)")
 	batch := fs.Int("batch", inbox.PruneBatchSizeDefault, "tokens deleted per transaction")

@@ -6,9 +6,14 @@
 //	exactly dead-letters list|show|replay|discard
 //	exactly outbox-dead-letters list|show|replay|discard
 //	exactly prune -older-than 30d [-scope S] [-dry-run] [-force]
+//	exactly version
+//	exactly help [COMMAND]
 //
-// Every command takes -dsn (default $DATABASE_URL), -schema and the table
-// names, and -json for output meant for scripts. Exit status: 0 success, 1
+// "exactly help COMMAND" and "exactly COMMAND -h" describe a command, its
+// arguments and the flags it takes. Commands that read the database take
+// -dsn (default $DATABASE_URL), -schema and the names of the tables they
+// read; "migrate sql" reads none. -json prints output meant for scripts, and
+// errors as {"error": "...", "code": N} on stderr. Exit status: 0 success, 1
 // failure, 2 bad usage, 3 the database was never migrated, 4 not found.
 package main
 
@@ -16,7 +21,6 @@ import (
 	"context"
 	"embed"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -51,25 +55,6 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `exactly: operate the exactly framework's tables
-
-Usage:
-  exactly migrate up|down|status|sql [flags]   apply, revert one step, list, or print the migrations
-  exactly status [flags]                       inbox size, outbox backlog, dead letters, consumer lag
-  exactly dead-letters list [flags]            list unresolved dead letters (-all: resolved too)
-  exactly dead-letters show [flags] ID         one dead letter with its message
-  exactly dead-letters replay [flags] [ID...]  re-publish through the outbox (effectively once)
-  exactly dead-letters discard [flags] [ID...] mark as discarded
-  exactly outbox-dead-letters list|show|replay|discard [flags] [ID...]
-                                               the same for messages Kafka rejected from the outbox
-                                               (replay re-enqueues them with their message ids)
-  exactly prune -older-than AGE [flags]        delete inbox tokens older than AGE (e.g. 30d) by the
-                                               database's clock; AGE below 1h needs -force
-
-Run "exactly COMMAND -h" for the flags of a command. Exit status: 0 success,
-1 failure, 2 bad usage, 3 database not migrated, 4 not found.
-`
-
 // usageError is a mistake in the command line.
 type usageError struct{ msg string }
 
@@ -85,106 +70,41 @@ func (e notMigrated) Error() string {
 var errNotFound = errors.New("not found")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := dispatch(ctx, args, stdout, stderr)
+	s := &session{stdout: stdout, stderr: stderr, json: wantsJSON(args)}
+	if len(args) == 0 {
+		s.stdout = stderr
+		s.overview()
+		return exitUsage
+	}
+	err := s.dispatch(ctx, args)
+	code := exitCode(err)
+	if code != exitOK {
+		s.report(err, code)
+	}
+	return code
+}
+
+// exitCode is the exit status documented for err.
+func exitCode(err error) int {
 	var ue usageError
 	var nm notMigrated
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, flag.ErrHelp):
-		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "exactly: %s\n\n%s", ue.msg, usage)
 		return exitUsage
 	case errors.As(err, &nm):
-		fmt.Fprintf(stderr, "exactly: %v\n", err)
 		return exitNotMigrated
 	case errors.Is(err, errNotFound):
-		fmt.Fprintf(stderr, "exactly: %v\n", err)
 		return exitNotFound
 	default:
-		fmt.Fprintf(stderr, "exactly: %v\n", err)
 		return exitFailure
 	}
 }
 
-func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError{"no command"}
-	}
-	cmd, rest := args[0], args[1:]
-	sub := ""
-	if cmd == "migrate" || cmd == "dead-letters" || cmd == "outbox-dead-letters" {
-		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
-			return usageError{cmd + " needs a subcommand"}
-		}
-		sub, rest = rest[0], rest[1:]
-	}
-	e := &env{stdout: stdout}
-	fs := flag.NewFlagSet("exactly "+strings.TrimSpace(cmd+" "+sub), flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	e.register(fs)
-	var handler func(context.Context, *env, *flag.FlagSet) error
-	switch cmd + " " + sub {
-	case "migrate up":
-		handler = migrateUp
-	case "migrate down":
-		handler = migrateDown
-	case "migrate status":
-		handler = migrateStatus
-	case "migrate sql":
-		handler = migrateSQL
-	case "status ":
-		handler = statusCmd(fs)
-	case "dead-letters list":
-		handler = dlList(fs)
-	case "dead-letters show":
-		handler = dlShow
-	case "dead-letters replay":
-		handler = resolveCmd(fs, consumerDeadLetters, "replayed")
-	case "dead-letters discard":
-		handler = resolveCmd(fs, consumerDeadLetters, "discarded")
-	case "outbox-dead-letters list":
-		handler = obdlList(fs)
-	case "outbox-dead-letters show":
-		handler = obdlShow
-	case "outbox-dead-letters replay":
-		handler = resolveCmd(fs, outboxDeadLetters, "replayed")
-	case "outbox-dead-letters discard":
-		handler = resolveCmd(fs, outboxDeadLetters, "discarded")
-	case "prune ":
-		handler = pruneCmd(fs)
-	case "help ", "-h ", "--help ":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		return usageError{fmt.Sprintf("unknown command %q", strings.TrimSpace(cmd+" "+sub))}
-	}
-	// Flags may follow positional arguments: "replay 12 13 -dry-run".
-	for {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return err
-			}
-			return usageError{err.Error()}
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		e.args = append(e.args, fs.Arg(0))
-		rest = fs.Args()[1:]
-	}
-	if len(e.args) > 0 && cmd != "dead-letters" && cmd != "outbox-dead-letters" {
-		return usageError{fmt.Sprintf("unexpected argument %q", e.args[0])}
-	}
-	if err := e.validate(); err != nil {
-		return usageError{err.Error()}
-	}
-	return handler(ctx, e, fs)
-}
-
 // env holds the flags every command shares and the connection.
 type env struct {
+	uses                                              shared // the shared flags the command takes
 	dsn, schema, inboxTable, deadLetters, outboxTable string
 	shards                                            int
 	json                                              bool
@@ -192,24 +112,6 @@ type env struct {
 	stdout                                            io.Writer
 	pool                                              *pgxpool.Pool
 	sql                                               map[string]string
-}
-
-func (e *env) register(fs *flag.FlagSet) {
-	fs.StringVar(&e.dsn, "dsn", os.Getenv("DATABASE_URL"), "Postgres connection string (default $DATABASE_URL)")
-	fs.StringVar(&e.schema, "schema", inbox.SchemaDefault, "schema of the tables")
-	fs.StringVar(&e.inboxTable, "inbox-table", inbox.TableDefault, "inbox table")
-	fs.StringVar(&e.deadLetters, "dead-letter-table", consumer.DeadLetterTableDefault, "consumer dead-letter table")
-	fs.StringVar(&e.outboxTable, "outbox-table", outbox.TableDefault, "outbox table")
-	fs.IntVar(&e.shards, "shards", outbox.ShardsDefault, "outbox shards (as configured in outbox.Config)")
-	fs.BoolVar(&e.json, "json", false, "print JSON")
-}
-
-func (e *env) validate() error {
-	if e.dsn == "" {
-		return errors.New("no database: set -dsn or DATABASE_URL")
-	}
-	_, err := e.lines()
-	return err
 }
 
 func (e *env) inboxConfig() inbox.Config {

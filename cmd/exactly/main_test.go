@@ -7,7 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,9 +83,10 @@ func TestMigrate(t *testing.T) {
 	if down.Reverted.Component == "" || st.Pending != 1 {
 		t.Fatalf("down reverted %+v; %d pending, want exactly one step", down, st.Pending)
 	}
-	code, out, _ := cli(t, "migrate", "sql", "-schema", schema, "-outbox-table", `we"ird`)
-	if code != 0 || !strings.Contains(out, `CREATE TABLE "`+schema+`"."we""ird"`) {
-		t.Fatalf("migrate sql: exit %d\n%s", code, out)
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"migrate", "sql", "-schema", schema, "-outbox-table", `we"ird`}, &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), `CREATE TABLE "`+schema+`"."we""ird"`) {
+		t.Fatalf("migrate sql: exit %d, %q\n%s", code, errOut.String(), out.String())
 	}
 }
 
@@ -792,5 +797,227 @@ func TestStatusOverSASL(t *testing.T) {
 				t.Fatalf("wrong password: exit %d, %q", code, errOut)
 			}
 		})
+	}
+}
+
+// runCLI runs the command in-process with exactly args (no -dsn added).
+func runCLI(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestHelp: "exactly help CMD" and "exactly CMD -h" print the same text to
+// stdout: the usage line with the command's positional arguments, what it
+// does, and the flags it takes, no other command's. The password in
+// $DATABASE_URL is never shown. Not parallel: it sets the environment.
+func TestHelp(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://someone:hunter2@db.example:5432/x")
+	db := []string{"dsn", "json", "schema"}
+	tables := []string{"dead-letter-table", "inbox-table", "outbox-table"}
+	kafkaFlags := []string{"brokers", "group", "kafka-ca", "kafka-sasl", "kafka-sasl-plaintext-ok", "kafka-tls", "kafka-user"}
+	filters := []string{"limit", "reason", "since", "until"}
+	want := map[string]struct {
+		synopsis string
+		flags    []string
+	}{
+		"migrate up":                  {"[flags]", slices.Concat(db, tables)},
+		"migrate down":                {"[flags]", slices.Concat(db, tables)},
+		"migrate status":              {"[flags]", slices.Concat(db, tables)},
+		"migrate sql":                 {"[flags]", slices.Concat([]string{"json", "schema"}, tables)},
+		"status":                      {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards"})},
+		"dead-letters list":           {"[flags]", slices.Concat(db, filters, []string{"dead-letter-table", "scope", "all"})},
+		"dead-letters show":           {"[flags] ID", slices.Concat(db, []string{"dead-letter-table"})},
+		"dead-letters replay":         {"[flags] [ID...]", slices.Concat(db, filters, []string{"dead-letter-table", "outbox-table", "shards", "scope", "dry-run"})},
+		"dead-letters discard":        {"[flags] [ID...]", slices.Concat(db, filters, []string{"dead-letter-table", "outbox-table", "scope", "dry-run"})},
+		"outbox-dead-letters list":    {"[flags]", slices.Concat(db, filters, []string{"outbox-table", "topic", "all"})},
+		"outbox-dead-letters show":    {"[flags] ID", slices.Concat(db, []string{"outbox-table"})},
+		"outbox-dead-letters replay":  {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "shards", "topic", "dry-run"})},
+		"outbox-dead-letters discard": {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "topic", "dry-run"})},
+		"prune":                       {"-older-than AGE [flags]", slices.Concat(db, []string{"inbox-table", "older-than", "scope", "batch", "dry-run", "force"})},
+		"version":                     {"[flags]", []string{"json"}},
+	}
+	flagRE := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
+	for _, c := range commands {
+		w, ok := want[c.name]
+		if !ok {
+			t.Errorf("command %q: no expected help here; add it", c.name)
+			continue
+		}
+		words := strings.Fields(c.name)
+		code, help, errOut := runCLI(slices.Concat([]string{"help"}, words)...)
+		if code != exitOK || errOut != "" {
+			t.Errorf("exactly help %s: exit %d, stderr %q", c.name, code, errOut)
+		}
+		code, dashH, errOut := runCLI(slices.Concat(words, []string{"-h"})...)
+		if code != exitOK || errOut != "" || dashH != help {
+			t.Errorf("exactly %s -h: exit %d, stderr %q, and stdout differs from exactly help %s:\n%s", c.name, code, errOut, c.name, dashH)
+		}
+		if line := "Usage: exactly " + c.name + " " + w.synopsis + "\n"; !strings.HasPrefix(help, line) {
+			t.Errorf("exactly help %s starts %q, want %q", c.name, strings.SplitN(help, "\n", 2)[0], line)
+		}
+		var got []string
+		for _, m := range flagRE.FindAllStringSubmatch(help, -1) {
+			got = append(got, m[1])
+		}
+		if wf := slices.Sorted(slices.Values(w.flags)); !slices.Equal(got, wf) {
+			t.Errorf("exactly help %s lists flags %v, want %v", c.name, got, wf)
+		}
+		if strings.Contains(help, "hunter2") {
+			t.Errorf("exactly help %s shows the password in $DATABASE_URL:\n%s", c.name, help)
+		}
+	}
+	for _, g := range groups {
+		code, help, _ := runCLI("help", g)
+		code2, dashH, _ := runCLI(g, "-h")
+		if code != exitOK || code2 != exitOK || help != dashH || !strings.HasPrefix(help, "Usage: exactly "+g+" COMMAND") {
+			t.Errorf("exactly help %s (exit %d) and exactly %s -h (exit %d) differ or lack the usage line:\n%s\n%s", g, code, g, code2, help, dashH)
+		}
+		for _, c := range commands {
+			if sub, ok := strings.CutPrefix(c.name, g+" "); ok && !strings.Contains(help, "\n  "+sub+" ") {
+				t.Errorf("exactly help %s does not list %s:\n%s", g, sub, help)
+			}
+		}
+	}
+	code, overview, _ := runCLI("help")
+	for _, c := range commands {
+		if !strings.Contains(overview, "\n  "+c.name+" ") {
+			t.Errorf("exactly help does not list %s", c.name)
+		}
+	}
+	if code != exitOK || !strings.Contains(overview, "Exit status: 0 success, 1 failure, 2 bad usage, 3 database not migrated,\n4 not found") {
+		t.Errorf("exactly help: exit %d\n%s", code, overview)
+	}
+	if code, _, errOut := runCLI("help", "nonsense"); code != exitUsage || !strings.Contains(errOut, `unknown command "nonsense"`) {
+		t.Errorf("exactly help nonsense: exit %d, %q", code, errOut)
+	}
+}
+
+// TestVersion: the module version from the build information ("(devel)"
+// in a test binary, as in any build from a checkout) and the Go version.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	info, ok := debug.ReadBuildInfo()
+	if !ok || info.Main.Version == "" {
+		t.Fatalf("no build information in the test binary: %v", info)
+	}
+	code, out, errOut := runCLI("version")
+	want := fmt.Sprintf("exactly %s, built with %s for %s/%s\n", info.Main.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if code != exitOK || out != want || errOut != "" {
+		t.Errorf("exactly version: exit %d, %q (stderr %q), want %q", code, out, errOut, want)
+	}
+	var v struct{ Version, Go, Platform string }
+	code, out, _ = runCLI("version", "-json")
+	if err := json.Unmarshal([]byte(out), &v); code != exitOK || err != nil || v.Version != info.Main.Version || v.Go != runtime.Version() || v.Platform != runtime.GOOS+"/"+runtime.GOARCH {
+		t.Errorf("exactly version -json: exit %d, %+v (%v)\n%s", code, v, err, out)
+	}
+	for _, args := range [][]string{{"version", "extra"}, {"version", "-dsn", pgtest.DSN()}} {
+		if code, _, _ := runCLI(args...); code != exitUsage {
+			t.Errorf("exactly %v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}
+
+// TestMigrateSQLNeedsNoDatabase: migrate sql prints the migrations without
+// connecting to $DATABASE_URL, here a listener that counts connections; the
+// control, migrate status, does connect to it. Not parallel: it sets the
+// environment.
+func TestMigrateSQLNeedsNoDatabase(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	t.Setenv("DATABASE_URL", "postgres://someone:secret@"+ln.Addr().String()+"/x?connect_timeout=2")
+
+	code, out, errOut := runCLI("migrate", "sql")
+	for _, table := range []string{`"exactly"."inbox"`, `"exactly"."dead_letters"`, `"exactly"."outbox"`} {
+		if !strings.Contains(out, "CREATE TABLE "+table) {
+			t.Errorf("migrate sql does not create %s", table)
+		}
+	}
+	if code != exitOK || errOut != "" {
+		t.Errorf("migrate sql: exit %d, %q", code, errOut)
+	}
+	var scripts []struct{ Component, Schema, Table, SQL string }
+	code, out, _ = runCLI("migrate", "sql", "-json", "-schema", "shop")
+	if err := json.Unmarshal([]byte(out), &scripts); code != exitOK || err != nil || len(scripts) != 3 || scripts[0].Schema != "shop" || !strings.Contains(scripts[2].SQL, `CREATE TABLE "shop"."outbox"`) {
+		t.Errorf("migrate sql -json: exit %d, %v\n%s", code, err, out)
+	}
+	if code, _, errOut := runCLI("migrate", "sql", "-dsn", "postgres://elsewhere/x"); code != exitUsage || !strings.Contains(errOut, "-dsn") {
+		t.Errorf("migrate sql -dsn: exit %d, %q; want a usage error: it reads no database", code, errOut)
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("migrate sql connected to $DATABASE_URL %d times", n)
+	}
+	if code, _, _ := runCLI("migrate", "status"); code != exitFailure || accepted.Load() == 0 {
+		t.Fatalf("control: migrate status exited %d after %d connections; want a failed connection to the listener", code, accepted.Load())
+	}
+}
+
+// TestJSONErrors: under -json each error is one JSON object on stderr with
+// the exit status as its code; without, one line (and a pointer to help
+// for usage errors).
+func TestJSONErrors(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	empty, migrated := pgtest.Schema(t, pool), pgtest.Schema(t, pool)
+	if code, _, errOut := cli(t, "migrate", "up", "-schema", migrated); code != 0 {
+		t.Fatal(errOut)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"bogus"}, exitUsage, `unknown command "bogus"`},
+		{[]string{"status", "-bogus"}, exitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"dead-letters", "show", "-schema", migrated}, exitUsage, "needs one ID"},
+		{[]string{"prune", "-older-than", "1s", "-schema", migrated}, exitUsage, "below 1h"},
+		{[]string{"migrate", "status", "-schema", empty}, exitNotMigrated, "database not migrated"},
+		{[]string{"dead-letters", "show", "-schema", migrated, "999999"}, exitNotFound, "dead letter 999999: not found"},
+	} {
+		args := slices.Clone(c.args)
+		if !slices.Contains(args, "-dsn") && args[0] != "bogus" {
+			args = append(args, "-dsn", pgtest.DSN())
+		}
+		code, out, errOut := runCLI(append(slices.Clone(args), "-json")...)
+		var e struct {
+			Error string
+			Code  int
+		}
+		dec := json.NewDecoder(strings.NewReader(errOut))
+		if err := dec.Decode(&e); err != nil || dec.More() || code != c.code || e.Code != c.code || !strings.Contains(e.Error, c.says) {
+			t.Errorf("exactly %v -json: exit %d, stderr %q (%v); want one {\"error\": ...%q..., \"code\": %d}", c.args, code, errOut, err, c.says, c.code)
+		}
+		if out != "" && !json.Valid([]byte(out)) {
+			t.Errorf("exactly %v -json: stdout is not JSON: %q", c.args, out)
+		}
+		code, _, errOut = runCLI(args...)
+		lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
+		if code != c.code || !strings.HasPrefix(lines[0], "exactly: ") || strings.Count(errOut, c.says) != 1 ||
+			len(lines) > 2 || (len(lines) == 2) != (code == exitUsage) {
+			t.Errorf("exactly %v: exit %d, stderr %q; want %q once, on one line (a second pointing to help for usage errors)", c.args, code, errOut, c.says)
+		}
+	}
+	// -json given before a flag that does not parse still asks for JSON.
+	if code, _, errOut := runCLI("status", "-json", "-bogus"); code != exitUsage || !json.Valid([]byte(errOut)) {
+		t.Errorf("exactly status -json -bogus: exit %d, %q", code, errOut)
+	}
+	if code, _, errOut := runCLI("status", "-json=false", "-bogus"); code != exitUsage || json.Valid([]byte(errOut)) {
+		t.Errorf("exactly status -json=false -bogus: exit %d, %q", code, errOut)
 	}
 }

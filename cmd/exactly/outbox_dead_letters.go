@@ -42,14 +42,14 @@ type storedHeader struct {
 	Value []byte `json:"value"`
 }
 
-func addOutboxFilters(fs *flag.FlagSet) filters {
+func addOutboxFilters(fs *flag.FlagSet, listing bool) filters {
 	return filters{
 		match:  fs.String("topic", "", "only messages for this topic"),
 		reason: fs.String("reason", "", "only this reason (too_large, unknown_topic, rejected)"),
 		since:  fs.String("since", "", "only rows dead-lettered since (RFC 3339 time, or an age like 24h or 7d)"),
 		until:  fs.String("until", "", "only rows dead-lettered before (RFC 3339 time, or an age)"),
 		limit:  fs.Int("limit", 100, "at most this many"),
-		all:    fs.Bool("all", false, "include resolved (replayed or discarded) dead letters"),
+		all:    addAll(fs, listing),
 	}
 }
 
@@ -82,8 +82,8 @@ func (e *env) listOutboxDeadLetters(ctx context.Context, f filters, ids []int64)
 	return out, err
 }
 
-func obdlList(fs *flag.FlagSet) func(context.Context, *env, *flag.FlagSet) error {
-	f := addOutboxFilters(fs)
+func obdlList(fs *flag.FlagSet) handler {
+	f := addOutboxFilters(fs, true)
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
 		if err := e.connect(ctx); err != nil {
 			return err
