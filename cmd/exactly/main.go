@@ -24,13 +24,17 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/consumer"
@@ -157,7 +161,7 @@ func (e *env) connect(ctx context.Context) error {
 	defer cancel()
 	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
-		return fmt.Errorf("cannot reach Postgres at %s:%d (database %q): %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
+		return connectError(cfg.ConnConfig, err)
 	}
 	e.pool = pool
 	e.sql, err = sqltmpl.RenderDir(queryFS, "sql", map[string]string{
@@ -166,6 +170,61 @@ func (e *env) connect(ctx context.Context) error {
 		"OutboxDeadLetters": pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize(),
 	})
 	return err
+}
+
+// connectError says why a connection failed, once. A server that answered
+// is not one that cannot be reached: a wrong password (SQLSTATE 28P01) or a
+// login pg_hba.conf refuses (28000) is reported as an authentication
+// failure, and any other refusal with its SQLSTATE.
+func connectError(cfg *pgx.ConnConfig, err error) error {
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01":
+			return fmt.Errorf("authentication failed at Postgres %s: %s (SQLSTATE %s); check the user and password of -dsn or $DATABASE_URL", addr, pgErr.Message, pgErr.Code)
+		case "28000":
+			return fmt.Errorf("authentication failed at Postgres %s: %s (SQLSTATE %s); check the user and database of -dsn or $DATABASE_URL, and the server's pg_hba.conf", addr, pgErr.Message, pgErr.Code)
+		}
+		return fmt.Errorf("connection to Postgres at %s (database %q) refused: %s (SQLSTATE %s)", addr, cfg.Database, pgErr.Message, pgErr.Code)
+	}
+	return fmt.Errorf("cannot reach Postgres at %s: %s", addr, connectCauses(addr, err))
+}
+
+// connectCauses lists the distinct reasons of a failed connection. pgconn
+// tries each address, and each TLS mode of sslmode=prefer, and reports every
+// attempt, most often the same refusal twice.
+func connectCauses(addr string, err error) string {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		err = ce.Unwrap()
+	}
+	return distinct(addr, err)
+}
+
+// distinct is err's message with repeated reasons of joined errors said
+// once, and without the address of an attempt at addr.
+func distinct(addr string, err error) string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var msgs []string
+		for _, c := range j.Unwrap() {
+			if m := distinct(addr, c); !slices.Contains(msgs, m) {
+				msgs = append(msgs, m)
+			}
+		}
+		return strings.Join(msgs, "; ")
+	}
+	msg, inner := err.Error(), errors.Unwrap(err)
+	switch {
+	case inner == nil:
+		return msg
+	case strings.HasPrefix(msg, addr+" ("): // "127.0.0.1:5432 (127.0.0.1): dial error: ..."
+		return distinct(addr, inner)
+	}
+	if prefix, ok := strings.CutSuffix(msg, inner.Error()); ok {
+		return prefix + distinct(addr, inner)
+	}
+	return msg
 }
 
 func (e *env) close() {

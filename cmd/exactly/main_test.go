@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
@@ -100,8 +101,10 @@ func TestUsageAndConnectionErrors(t *testing.T) {
 	}
 	var out, errOut bytes.Buffer
 	code := run(context.Background(), []string{"status", "-dsn", "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2"}, &out, &errOut)
-	if code != exitFailure || !strings.Contains(errOut.String(), "cannot reach Postgres at 127.0.0.1:1") {
-		t.Fatalf("wrong DSN: exit %d, %q", code, errOut.String())
+	// pgx tries twice (sslmode=prefer: TLS, then without): one reason, said once.
+	if code != exitFailure || !strings.Contains(errOut.String(), "cannot reach Postgres at 127.0.0.1:1") ||
+		strings.Count(errOut.String(), "connection refused") != 1 || strings.Count(errOut.String(), "\n") != 1 {
+		t.Fatalf("wrong DSN: exit %d, %q; want one line saying Postgres cannot be reached", code, errOut.String())
 	}
 }
 
@@ -978,6 +981,7 @@ func TestJSONErrors(t *testing.T) {
 	if code, _, errOut := cli(t, "migrate", "up", "-schema", migrated); code != 0 {
 		t.Fatal(errOut)
 	}
+	unreachable := "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2"
 	for _, c := range []struct {
 		args []string
 		code int
@@ -987,6 +991,7 @@ func TestJSONErrors(t *testing.T) {
 		{[]string{"status", "-bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"dead-letters", "show", "-schema", migrated}, exitUsage, "needs one ID"},
 		{[]string{"prune", "-older-than", "1s", "-schema", migrated}, exitUsage, "below 1h"},
+		{[]string{"status", "-dsn", unreachable}, exitFailure, "cannot reach Postgres at 127.0.0.1:1"},
 		{[]string{"migrate", "status", "-schema", empty}, exitNotMigrated, "database not migrated"},
 		{[]string{"dead-letters", "show", "-schema", migrated, "999999"}, exitNotFound, "dead letter 999999: not found"},
 	} {
@@ -1019,5 +1024,50 @@ func TestJSONErrors(t *testing.T) {
 	}
 	if code, _, errOut := runCLI("status", "-json=false", "-bogus"); code != exitUsage || json.Valid([]byte(errOut)) {
 		t.Errorf("exactly status -json=false -bogus: exit %d, %q", code, errOut)
+	}
+}
+
+// TestAuthenticationFailed: a wrong password is reported as what it is,
+// once, not as a Postgres that cannot be reached.
+func TestAuthenticationFailed(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(pgtest.DSN())
+	if err != nil || u.User == nil {
+		t.Fatalf("DATABASE_URL %q is not a postgres:// URL with a user: %v", pgtest.DSN(), err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "wrong-"+pgtest.RandomSuffix())
+	code, _, errOut := runCLI("status", "-dsn", u.String())
+	if code != exitFailure || !strings.Contains(errOut, "authentication failed") || !strings.Contains(errOut, "SQLSTATE 28P01") ||
+		strings.Contains(errOut, "cannot reach") || strings.Count(errOut, "\n") != 1 || strings.Count(errOut, "password authentication failed") != 1 {
+		t.Errorf("wrong password: exit %d, %q; want authentication failed (28P01), once", code, errOut)
+	}
+	code, _, errOut = runCLI("status", "-json", "-dsn", u.String())
+	if code != exitFailure || !strings.Contains(errOut, `"code":1`) || !strings.Contains(errOut, "authentication failed") {
+		t.Errorf("wrong password, -json: exit %d, %q", code, errOut)
+	}
+}
+
+// TestConnectError: how each failure to connect reads.
+func TestConnectError(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgx.ParseConfig("postgres://u:p@db.example:6432/shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := func(code, msg string) error {
+		return fmt.Errorf("failed to connect: %w", &pgconn.PgError{Severity: "FATAL", Code: code, Message: msg})
+	}
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{pg("28P01", `password authentication failed for user "u"`), `authentication failed at Postgres db.example:6432: password authentication failed for user "u" (SQLSTATE 28P01)`},
+		{pg("28000", `no pg_hba.conf entry for host "10.1.2.3", user "u", database "shop", no encryption`), `authentication failed at Postgres db.example:6432: no pg_hba.conf entry`},
+		{pg("3D000", `database "shop" does not exist`), `connection to Postgres at db.example:6432 (database "shop") refused: database "shop" does not exist (SQLSTATE 3D000)`},
+		{errors.Join(errors.New("dial tcp: i/o timeout"), errors.New("dial tcp: i/o timeout")), "cannot reach Postgres at db.example:6432: dial tcp: i/o timeout"},
+	} {
+		if got := connectError(cfg, c.err).Error(); !strings.HasPrefix(got, c.want) || strings.Contains(got, "\n") {
+			t.Errorf("connectError(%v) = %q, want it to start %q, on one line", c.err, got, c.want)
+		}
 	}
 }
