@@ -64,6 +64,11 @@ func childMain() int {
 			select {}
 		})
 	}
+	// CHILD_FREEZE=NAME: the test hook NAME (replacing the one set above, if
+	// any) prints FROZEN and waits for a SIGCONT (freezeAt, group_test.go).
+	if name := os.Getenv("CHILD_FREEZE"); name != "" {
+		freezeAt(name)
+	}
 	if n, err := strconv.Atoi(os.Getenv("CHILD_MAX_ATTEMPTS")); err == nil {
 		cfg.MaxAttempts = n
 	}
