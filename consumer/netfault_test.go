@@ -225,7 +225,7 @@ func TestNetPostgresPartition(t *testing.T) {
 // proxy, or the test proves nothing.
 func noProgress(t *testing.T, b bundle, d time.Duration) {
 	t.Helper()
-	time.Sleep(100 * time.Millisecond) // a COMMIT on its way when the fault began may land
+	time.Sleep(300 * time.Millisecond) // a COMMIT on its way when the fault began may land
 	before := countEffects(t, b)
 	time.Sleep(d)
 	if after := countEffects(t, b); after != before {
@@ -349,7 +349,7 @@ func TestNetKafkaPartition(t *testing.T) {
 // consumer must be behind the proxy.
 func offsetsStill(t *testing.T, b bundle, d time.Duration) {
 	t.Helper()
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // an offset commit on its way when the fault began may land
 	before := committed(t, b.cfg.GroupID, b.topic)
 	time.Sleep(d)
 	if after := committed(t, b.cfg.GroupID, b.topic); after != before {

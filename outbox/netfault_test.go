@@ -235,7 +235,7 @@ type relayPhase struct {
 // proxy, or the test proves nothing. It reports the rows waiting.
 func noDeletes(t *testing.T, b bundle, d time.Duration) int {
 	t.Helper()
-	time.Sleep(100 * time.Millisecond) // a delete on its way when the fault began may land
+	time.Sleep(300 * time.Millisecond) // a delete on its way when the fault began may land
 	before := countRows(t, b, "outbox")
 	time.Sleep(d)
 	if after := countRows(t, b, "outbox"); after != before {
