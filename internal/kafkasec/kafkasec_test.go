@@ -175,4 +175,3 @@ func TestBrokers(t *testing.T) {
 		}
 	})
 }
-
