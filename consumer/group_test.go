@@ -479,42 +479,59 @@ func knownBugs(t *testing.T, what string) {
 func TestGroupTopicCreatedLater(t *testing.T) {
 	t.Parallel()
 	knownBugs(t, "a group whose topic appears after it joined may never be assigned it (kafka-go's partition watcher takes its baseline after the assignment)")
-	for i := range 6 {
-		t.Run(strconv.Itoa(i), func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, 1) // its schema and effects; the topic is replaced
-			b.topic = "test-late-" + pgtest.RandomSuffix()
-			t.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				_ = kafkatest.DeleteTopic(ctx, b.topic)
-			})
-			b.cfg.Topics = []string{b.topic}
-			b.cfg.PartitionWatchInterval = 200 * time.Millisecond
-			c, err := consumer.New(b.cfg, insertEffect(b.effects))
-			if err != nil {
-				t.Fatal(err)
-			}
-			start(t, c)
-			waitGroupStable(t, b.cfg.GroupID, 1, 30*time.Second)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	groups := make([]bundle, 6)
+	for i := range groups {
+		b := setup(t, 1) // its schema and effects; the topic is replaced
+		b.topic = "test-late-" + pgtest.RandomSuffix()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := kafkatest.CreateTopic(ctx, b.topic, 3); err != nil {
-				t.Errorf("creating the topic with 3 partitions after the consumer joined: %v (the consumer's join created it with the broker's default)", err)
-			}
-			b.writer = kafkatest.Writer(t, b.topic)
-			all := msgs("late", 60, 6)
-			kafkatest.Produce(t, b.writer, all...)
-			deadline := time.Now().Add(30 * time.Second)
-			for committed(t, b.cfg.GroupID, b.topic) < int64(len(all)) {
-				if time.Now().After(deadline) {
-					t.Fatalf("30s after the topic was created and written to, the group committed %d of %d messages: the consumer was never assigned its partitions",
-						committed(t, b.cfg.GroupID, b.topic), len(all))
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			checkEffects(t, b, len(all))
+			_ = kafkatest.DeleteTopic(ctx, b.topic)
 		})
+		b.cfg.Topics = []string{b.topic}
+		b.cfg.PartitionWatchInterval = 200 * time.Millisecond
+		c, err := consumer.New(b.cfg, insertEffect(b.effects))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start(t, c)
+		groups[i] = b
+	}
+	for _, b := range groups {
+		waitGroupStable(t, b.cfg.GroupID, 1, 30*time.Second)
+	}
+	// The operator creates the topics, at once.
+	created := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, b := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			created[i] = kafkatest.CreateTopic(ctx, b.topic, 3)
+		}()
+	}
+	wg.Wait()
+	const n = 60
+	for i, b := range groups {
+		if created[i] != nil {
+			t.Errorf("group %d: creating its topic with 3 partitions after the consumer joined: %v (the consumer's join created it with the broker's default)", i, created[i])
+		}
+		groups[i].writer = kafkatest.Writer(t, b.topic)
+		kafkatest.Produce(t, groups[i].writer, msgs("late"+strconv.Itoa(i), n, 6)...)
+	}
+	const bound = 20 * time.Second
+	deadline := time.Now().Add(bound)
+	for i, b := range groups {
+		for committed(t, b.cfg.GroupID, b.topic) < n && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := committed(t, b.cfg.GroupID, b.topic); got < n {
+			t.Errorf("group %d: %v after its topic was created and written to, it committed %d of %d messages: it was never assigned the topic's partitions", i, bound, got, n)
+			continue
+		}
+		checkEffects(t, b, n)
 	}
 }
 
