@@ -30,6 +30,8 @@ import (
 // dead letter can be replayed.
 
 // suspects is what an assignment found of attempts that may have died.
+// (partition.startRow is the offset of this assignment's start row until
+// a batch settled, else -1.)
 type suspects struct {
 	starts map[int64]int // offset → attempts recorded; nil when none
 	last   int64         // the last offset an earlier owner may have died on
@@ -47,14 +49,21 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 	starts := map[int64]int{}
 	var offset, upTo, suspectUpTo int64
 	var n int
+	found := false
 	if _, err := pgx.ForEachRow(rows, []any{&offset, &n, &upTo}, func() error {
-		starts[offset] = n
+		found = true
+		// A batch's start is no attempt of its first message: the death
+		// may have been any message's of the batch. Only a message that
+		// ran alone is blamed.
+		if upTo == offset {
+			starts[offset] = n
+		}
 		suspectUpTo = max(suspectUpTo, upTo)
 		return nil
 	}); err != nil {
 		return fmt.Errorf("read attempts: %w", err)
 	}
-	if len(starts) > 0 {
+	if found {
 		// Batches are committed soon after they settle: attempts much
 		// further on are from before the offsets went back (a reset, an
 		// expired group), not a death here.
@@ -70,6 +79,7 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 	if _, err := pool.Exec(ctx, q["attempts_start"], p.c.cfg.GroupID, p.topic, p.id, first, 1, last); err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
+	p.startRow = first
 	return nil
 }
 
@@ -101,19 +111,32 @@ func (p *partition) startAttempt(ctx context.Context, it *item) error {
 }
 
 // settledAttempts deletes, in tx, the attempts recorded for settled, the
-// messages tx settles, while the partition runs one message at a time: a
-// message that settled did not die, however often its process died before
-// its offset was committed. Nothing to do otherwise.
+// messages tx settles: a message that settled did not die, however often
+// its process died before its offset was committed. The first batch that
+// settles after an assignment also deletes the assignment's start row: a
+// start row still there at the next assignment means that the first batch
+// never committed. Nothing to do otherwise.
 func (p *partition) settledAttempts(ctx context.Context, tx pgx.Tx, settled []*item) error {
-	if p.suspects.starts == nil || len(settled) == 0 {
+	if len(settled) == 0 || (p.suspects.starts == nil && p.startRow < 0) {
 		return nil
 	}
-	offsets := make([]int64, len(settled))
-	for i, it := range settled {
-		offsets[i] = it.msg.Offset
+	var offsets []int64
+	if p.startRow >= 0 {
+		offsets = append(offsets, p.startRow)
+	}
+	if p.suspects.starts != nil {
+		for _, it := range settled {
+			offsets = append(offsets, it.msg.Offset)
+		}
 	}
 	if _, err := tx.Exec(ctx, p.c.sql["attempts_settled"], p.c.cfg.GroupID, p.topic, p.id, offsets); err != nil {
 		return fmt.Errorf("forget settled attempts: %w", err)
 	}
 	return nil
+}
+
+// committed is told that the transaction of the last settledAttempts
+// committed.
+func (p *partition) committed() {
+	p.startRow = -1
 }

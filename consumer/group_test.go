@@ -327,14 +327,11 @@ func smallPool(t *testing.T, maxConns int32) *pgxpool.Pool {
 // a committed offset, and attempts recorded before the expiry that make the
 // restarted consumer dead-letter messages it only skips.
 //
-// The last case is a known defect (attempts.go): the row an assignment
-// records for its first batch ("a batch from S to E started") stays after
-// the batch settled, until an assignment starts past S. Once the offsets
-// are gone, the next assignment starts at S again, reads the row as an
-// earlier owner's death in that batch, runs up to E one message at a time,
-// and with MaxAttempts 1 dead-letters the message at S as process_died
-// ("1 attempts started, none finished") although it was applied and nothing
-// died.
+// The last case caught a defect (attempts.go): the row an assignment
+// recorded for its first batch ("a batch from S to E started") stayed after
+// the batch settled; once the offsets were gone, the next assignment read it
+// as an earlier owner's death and, with MaxAttempts 1, dead-lettered the
+// message at S as process_died although it was applied and nothing died.
 func TestGroupOffsetsExpired(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -345,8 +342,7 @@ func TestGroupOffsetsExpired(t *testing.T) {
 	}{
 		{name: "offsets-deleted", forget: deleteOffsets},
 		{name: "group-deleted", forget: deleteGroup},
-		{name: "max-attempts-1", forget: deleteOffsets, maxAttempts: 1,
-			knownBug: "after the offsets are gone, the first message of each partition is dead-lettered as process_died (a settled batch's attempts row is read as a death)"},
+		{name: "max-attempts-1", forget: deleteOffsets, maxAttempts: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -43,6 +43,7 @@ type partition struct {
 	lag       *atomic.Int64
 	assigned  bool         // beginAssignment ran
 	suspects  suspects     // offsets an earlier owner may have died on
+	startRow  int64        // the offset of the assignment's start row until a batch settled; -1 without one
 	end       atomic.Int64 // where the partition ends (high watermark or last stable offset); -1 until known
 	done      atomic.Int64 // the offset after the last settled message; -1 until known
 }
@@ -66,6 +67,7 @@ func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, transport 
 	}
 	p.end.Store(-1)
 	p.done.Store(a.Offset)
+	p.startRow = -1
 	return p
 }
 
@@ -493,6 +495,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 		// retry resolves it: committed tokens come back as duplicates.
 		return t, fmt.Errorf("commit: %w", err)
 	}
+	p.committed()
 	testhook.Run(hookAfterDBCommit)
 	t.processed = int64(len(fresh))
 	t.dead = int64(len(dead))
@@ -517,6 +520,9 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		testhook.Run(hookBeforeDBCommit)
 		if err := tx.Commit(ctx); err != nil {
 			return 0, tally{}, fmt.Errorf("commit: %w", err)
+		}
+		if n > 0 {
+			p.committed()
 		}
 		testhook.Run(hookAfterDBCommit)
 		return n, t, cause
