@@ -49,6 +49,10 @@ type fetcher struct {
 	onReset func(from, to int64)
 }
 
+// fetchTimeoutMargin is how long past its maxWait a fetch may take before
+// it is abandoned and tried again.
+const fetchTimeoutMargin = 15 * time.Second
+
 // fetched is one fetch response's messages, and where the partition ends.
 type fetched struct {
 	msgs []kafka.Message
@@ -64,6 +68,12 @@ type fetched struct {
 // for some. It may return no messages (nothing new, or only markers and
 // aborted records).
 func (f *fetcher) fetch(ctx context.Context) (fetched, error) {
+	// The broker answers within maxWait. A connection whose peer vanished
+	// without closing it (a failover, a NAT entry gone) would otherwise hold
+	// the partition forever: the group's heartbeats, on another connection,
+	// keep it assigned here.
+	ctx, cancel := context.WithTimeout(ctx, f.maxWait+fetchTimeoutMargin)
+	defer cancel()
 	m, err := f.transport.RoundTrip(ctx, f.addr, &fetchAPI.Request{
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(f.maxWait / time.Millisecond),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -168,6 +169,8 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 // first batch, read the attempts recorded; while past owners may have died
 // on the next offsets, one message at a time, its attempt recorded first.
 func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.c.cfg.TransactionTimeout)
+	defer cancel()
 	if !p.assigned {
 		if err := p.beginAssignment(ctx, pending[0].msg.Offset, pending[len(pending)-1].msg.Offset); err != nil {
 			return 0, err
@@ -426,9 +429,9 @@ func (p *partition) count(ctx context.Context, t tally) {
 
 func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error) {
 	var t tally
-	tx, err := p.c.cfg.Pool.Begin(ctx)
+	tx, err := p.begin(ctx)
 	if err != nil {
-		return t, fmt.Errorf("begin: %w", err)
+		return t, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 
@@ -502,14 +505,28 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 	return t, nil
 }
 
+// begin starts a batch transaction whose session the server ends when it
+// sits idle in the transaction for TransactionTimeout (sql/tx_timeout.sql).
+func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
+	tx, err := p.c.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	if _, err := tx.Exec(ctx, p.c.sql["tx_timeout"], strconv.FormatInt(p.c.cfg.TransactionTimeout.Milliseconds(), 10)); err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	return tx, nil
+}
+
 // careful settles items one savepoint at a time. It stops before a message
 // whose handler failed and may be retried, committing what came before it.
 func (p *partition) careful(ctx context.Context, items []*item) (int, tally, error) {
 	var t tally
 	cfg := &p.c.cfg
-	tx, err := cfg.Pool.Begin(ctx)
+	tx, err := p.begin(ctx)
 	if err != nil {
-		return 0, t, fmt.Errorf("begin: %w", err)
+		return 0, t, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 

@@ -445,7 +445,7 @@ func (r *Relay) preflight(ctx context.Context) error {
 	// Probe with the writer's own TLS and SASL settings.
 	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
 	if t, ok := r.writer.Transport.(*kafka.Transport); ok {
-		dialer.TLS, dialer.SASLMechanism = t.TLS, t.SASL
+		dialer.TLS, dialer.SASLMechanism, dialer.DialFunc = t.TLS, t.SASL, t.Dial
 	}
 	if err := kafkaprobe.Reachable(ctx, dialer, splitAddr(r.writer.Addr)); err != nil {
 		return fmt.Errorf("outbox: %w", err)
