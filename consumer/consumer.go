@@ -248,10 +248,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 		RebalanceTimeout:  c.cfg.SessionTimeout,
 		JoinGroupBackoff:  c.cfg.RetryInitial * 10,
 		StartOffset:       c.cfg.StartOffset,
-		// Partitions added to a topic join the group at the next check, not
-		// at some unrelated rebalance.
-		WatchPartitionChanges:  true,
-		PartitionWatchInterval: c.cfg.PartitionWatchInterval,
 		// kafka-go logs every retry at error level; we log what matters.
 		ErrorLogger: kafka.LoggerFunc(func(format string, args ...any) {
 			c.log.Debug("kafka-go: " + fmt.Sprintf(format, args...))
@@ -262,6 +258,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	transport := newTransport(c.cfg.Dialer, c.cfg.Topics)
 	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: transport}
 	c.log.Info("consumer started", "topics", c.cfg.Topics, "scope", c.cfg.Inbox.Scope)
 	var siblings *sync.WaitGroup // the partitions of the current generation
 	for {
@@ -286,6 +283,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		siblings = gw
 		cm := newCommitter(gen.CommitOffsets, c.newBackoff(), c.log.With("generation", gen.ID), c.metrics.commitErrors, metric.WithAttributes(attribute.String("group", c.cfg.GroupID)))
 		gen.Start(cm.run)
+		// Partitions added to a topic, or a topic created late, are
+		// consumed after the next check (watch.go), not at some unrelated
+		// rebalance.
+		gen.Start(func(genCtx context.Context) { c.watchPartitions(genCtx, client, c.log.With("generation", gen.ID)) })
 		for topic, as := range gen.Assignments {
 			for _, a := range as {
 				parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, a.ID, a.Offset))
