@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -245,5 +246,6 @@ func (c Config) deadLetterVars() map[string]string {
 		"Unique":      pgx.Identifier{c.DeadLetterTable + "_message_key"}.Sanitize(),
 		"ReasonIndex": pgx.Identifier{c.DeadLetterTable + "_scope_reason_idx"}.Sanitize(),
 		"Attempts":    pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable + "_attempts"}.Sanitize(),
+		"TxTimeoutMs": strconv.FormatInt(c.TransactionTimeout.Milliseconds(), 10),
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -506,14 +505,11 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 }
 
 // begin starts a batch transaction whose session the server ends when it
-// sits idle in the transaction for TransactionTimeout (sql/tx_timeout.sql).
+// sits idle in the transaction for TransactionTimeout (sql/begin.sql), in
+// one round trip.
 func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
-	tx, err := p.c.cfg.Pool.Begin(ctx)
+	tx, err := p.c.cfg.Pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: p.c.sql["begin"]})
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
-	}
-	if _, err := tx.Exec(ctx, p.c.sql["tx_timeout"], strconv.FormatInt(p.c.cfg.TransactionTimeout.Milliseconds(), 10)); err != nil {
-		_ = tx.Rollback(ctx)
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	return tx, nil

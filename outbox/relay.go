@@ -16,6 +16,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
@@ -36,6 +37,7 @@ const (
 	RetryInitialDefault    = 100 * time.Millisecond
 	RetryMaxDefault        = 10 * time.Second
 	LockIntervalDefault    = time.Second
+	RoundTimeoutDefault    = time.Minute
 	ShutdownTimeoutDefault = 10 * time.Second
 	PruneIntervalDefault   = time.Minute
 	PruneBatchSizeDefault  = 1000
@@ -100,6 +102,14 @@ type RelayConfig struct {
 	// RetryInitial and RetryMax bound the backoff after failed publishes.
 	// Default to 100ms and 10s.
 	RetryInitial, RetryMax time.Duration
+	// RoundTimeout bounds one round of a shard: reading its rows,
+	// publishing them, deleting them. Past it the round is abandoned, the
+	// shard's connection closed and the shard retaken (rows published but
+	// not deleted are published again; downstream inboxes skip them).
+	// Twice it is the shard session's idle_session_timeout, so that the
+	// server releases the shard's lock when the relay's connection died
+	// without closing (a half-open TCP connection). Defaults to 1m.
+	RoundTimeout time.Duration
 	// LockInterval is how often a relay tries to take shards no relay owns,
 	// which bounds how long a dead relay's shards stay unpublished.
 	// Defaults to 1s.
@@ -131,6 +141,7 @@ func (c RelayConfig) withDefaults() RelayConfig {
 	c.RetryInitial = cmp.Or(c.RetryInitial, RetryInitialDefault)
 	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
 	c.LockInterval = cmp.Or(c.LockInterval, LockIntervalDefault)
+	c.RoundTimeout = cmp.Or(c.RoundTimeout, RoundTimeoutDefault)
 	c.PruneInterval = cmp.Or(c.PruneInterval, PruneIntervalDefault)
 	c.PruneBatchSize = cmp.Or(c.PruneBatchSize, PruneBatchSizeDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
@@ -614,7 +625,16 @@ func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
 	}
 	// The lock lives as long as the session: take the connection out of
 	// the pool so that nobody else uses (or resets) it.
-	return c.Hijack(), nil
+	conn := c.Hijack()
+	idle := strconv.FormatInt(max(2*r.cfg.RoundTimeout, r.cfg.RetryMax+r.cfg.PollInterval+r.cfg.RoundTimeout).Milliseconds(), 10)
+	if _, err := conn.Exec(ctx, r.ob.sql["session_timeout"], idle); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42704" { // 42704: before Postgres 14
+			_ = conn.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	return conn, nil
 }
 
 // lockKeyPrefix is the text whose hash, with the shard number appended,
@@ -694,6 +714,21 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 	blocked := map[string]*blockedKey{}
 	var lingerUntil time.Time
 	for ctx.Err() == nil {
+		if err := r.round(ctx, work, conn, shard, wake, log, bo, blocked, &lingerUntil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// round reads a shard's pending rows, publishes and deletes them, or waits
+// for some, under RoundTimeout: on a connection whose peer vanished without
+// closing it, a statement would otherwise wait for the operating system's
+// TCP timers, minutes to hours, with the shard stalled.
+func (r *Relay) round(ctx, work context.Context, conn *pgx.Conn, shard int, wake <-chan struct{}, log *slog.Logger, bo *backoff.ExponentialBackOff, blocked map[string]*blockedKey, lingerUntil *time.Time) error {
+	work, cancel := context.WithTimeout(work, r.cfg.RoundTimeout)
+	defer cancel()
+	{
 		next, err := r.retryBlocked(work, conn, r.pubs[shard], blocked, log)
 		if err != nil {
 			return err
@@ -708,7 +743,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 		}
 		if len(rows) == 0 {
 			wait := r.cfg.PollInterval
-			if time.Now().Before(lingerUntil) {
+			if time.Now().Before(*lingerUntil) {
 				wait = r.cfg.LingerPoll
 			} else if r.cfg.Linger > 0 {
 				// Rows held back by an older transaction still running
@@ -733,10 +768,10 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 			case <-t.C:
 			}
 			t.Stop()
-			continue
+			return nil
 		}
 		if r.cfg.Linger > 0 {
-			lingerUntil = time.Now().Add(r.cfg.Linger)
+			*lingerUntil = time.Now().Add(r.cfg.Linger)
 		}
 		transient, err := r.publishRows(work, conn, r.pubs[shard], rows, blocked, log)
 		if err != nil {
@@ -748,7 +783,7 @@ func (r *Relay) publishShard(ctx, work context.Context, conn *pgx.Conn, shard in
 			if !sleep(ctx, wait) {
 				return nil
 			}
-			continue
+			return nil
 		}
 		bo.Reset()
 	}

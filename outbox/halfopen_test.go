@@ -1,5 +1,3 @@
-//go:build netfaultbugs
-
 package outbox_test
 
 import (
@@ -14,10 +12,8 @@ import (
 	"github.com/exactlyhq/exactly/internal/pgtest"
 )
 
-// A known defect, not fixed yet: this test fails. Run it with -tags
-// netfaultbugs. Half-open connections: the peer
-// vanished without a FIN or a RST (a failover, an expired NAT or firewall
-// entry) and TCP has not noticed.
+// Half-open connections: the peer vanished without a FIN or a RST (a
+// failover, an expired NAT or firewall entry) and TCP has not noticed.
 
 // deleteStaller stalls, for good, the first connection that binds the
 // relay's delete of published rows: the relay waits between publish and
@@ -41,13 +37,13 @@ func (d *deleteStaller) Inspect(msg []byte) netproxy.Action {
 
 // TestNetRelayHalfOpen leaves a shard-owning connection of a relay half-open
 // between a publish and its delete, and starts a second relay that reaches
-// Postgres directly. The stuck relay waits for a reply that never comes
-// (nothing in outbox/ bounds a round's statements), and the Postgres session
-// behind the dead connection keeps the shard's advisory lock, so the second
-// relay cannot take the shard over either: rows of that shard enqueued
-// afterwards are never published, until the OS's TCP timers end the
-// connection on both sides (minutes on the relay's side; on the server's,
-// tcp_keepalives_idle, 2 hours by default).
+// Postgres directly. The stuck relay gives up on its round after
+// RoundTimeout, and the server ends the session behind the dead connection
+// (idle_session_timeout), releasing the shard's advisory lock, so one of the
+// relays takes the shard over and every row is published. (Nothing bounded
+// a round, and the session kept the lock until the OS's TCP timers ended
+// the connection: minutes on the relay's side, tcp_keepalives_idle, 2
+// hours by default, on the server's.)
 func TestNetRelayHalfOpen(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
@@ -59,6 +55,7 @@ func TestNetRelayHalfOpen(t *testing.T) {
 	})
 	cfg := b.relay
 	cfg.ShutdownTimeout = time.Second
+	cfg.RoundTimeout = 2 * time.Second
 	startRelay(t, pgtest.PoolVia(t, proxy.Addr()), cfg)
 	ids := enqueue(t, b, orderedMessages(b.topic, 0, 300)...)
 	deadline := time.Now().Add(30 * time.Second)
