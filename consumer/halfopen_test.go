@@ -72,7 +72,7 @@ func TestNetPostgresHalfOpen(t *testing.T) {
 	const n = 300
 	all := msgs("ho", n, 7)
 	trap := &pgStallTrap{token: string(all[n/2].Headers[0].Value)}
-	proxy := startProxy(t, postgresAddr(t))
+	proxy := netproxy.Start(t, pgtest.Addr(t))
 	proxy.Inspect(func(info netproxy.ConnInfo) netproxy.Inspector {
 		return &pgStallInspector{trap: trap, client: info.Client.String()}
 	})
@@ -126,7 +126,7 @@ func (f fetchStaller) Inspect(msg []byte) netproxy.Action {
 func TestNetKafkaFetchHalfOpen(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	proxy := startProxy(t, kafkatest.Brokers()[0])
+	proxy := netproxy.Start(t, kafkatest.Brokers()[0])
 	var armed, fired atomic.Bool
 	proxy.Inspect(func(netproxy.ConnInfo) netproxy.Inspector { return fetchStaller{armed: &armed, fired: &fired} })
 	var asked sync.Map
@@ -169,7 +169,7 @@ func TestNetPostgresHalfOpenRestart(t *testing.T) {
 	const n = 300
 	all := msgs("hr", n, 7)
 	trap := &pgStallTrap{token: string(all[n/2].Headers[0].Value)}
-	proxy := startProxy(t, postgresAddr(t))
+	proxy := netproxy.Start(t, pgtest.Addr(t))
 	proxy.Inspect(func(info netproxy.ConnInfo) netproxy.Inspector {
 		return &pgStallInspector{trap: trap, client: info.Client.String()}
 	})

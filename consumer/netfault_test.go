@@ -3,7 +3,6 @@ package consumer_test
 import (
 	"context"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,28 +23,6 @@ import (
 // slow down its connections while messages flow. The consumer must recover
 // by itself and apply every message exactly once. The test's own checks go
 // to the services directly.
-
-// startProxy starts a proxy to target, closed when the test ends (after the
-// pool and the consumer registered later are closed).
-func startProxy(t *testing.T, target string) *netproxy.Proxy {
-	t.Helper()
-	p, err := netproxy.New(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	return p
-}
-
-// postgresAddr returns the host:port of pgtest.DSN.
-func postgresAddr(t *testing.T) string {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(pgtest.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
-}
 
 // holds makes the handler stop at chosen tokens, the first time it sees
 // each, until the test releases it: a batch transaction is then open when
@@ -142,7 +119,7 @@ func countEffects(t *testing.T, b bundle) int {
 func TestNetPostgresPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	proxy := startProxy(t, postgresAddr(t))
+	proxy := netproxy.Start(t, pgtest.Addr(t))
 	b.cfg.Pool = pgtest.PoolVia(t, proxy.Addr())
 	h := newHolds(t)
 	const perPhase = 600
@@ -278,7 +255,7 @@ func proxyDialer(p *netproxy.Proxy, asked *sync.Map) *kafka.Dialer {
 func TestNetKafkaPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	proxy := startProxy(t, kafkatest.Brokers()[0])
+	proxy := netproxy.Start(t, kafkatest.Brokers()[0])
 	var asked sync.Map
 	b.cfg.Dialer = proxyDialer(proxy, &asked)
 	h := newHolds(t)
@@ -448,7 +425,7 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 			const n = 300
 			all := msgs("co", n, 7)
 			trap := &commitTrap{token: string(all[n/2].Headers[0].Value), action: tc.action}
-			proxy := startProxy(t, postgresAddr(t))
+			proxy := netproxy.Start(t, pgtest.Addr(t))
 			proxy.Inspect(trap.inspector) // before the pool connects
 			b.cfg.Pool = pgtest.PoolVia(t, proxy.Addr())
 			kafkatest.Produce(t, b.writer, all...)

@@ -49,7 +49,7 @@ func TestNetRelayHalfOpen(t *testing.T) {
 	b := setup(t, 2)
 	var fired atomic.Bool
 	table := pgx.Identifier{b.schema, "outbox"}.Sanitize()
-	proxy := startProxy(t, postgresAddr(t))
+	proxy := netproxy.Start(t, pgtest.Addr(t))
 	proxy.Inspect(func(netproxy.ConnInfo) netproxy.Inspector {
 		return &deleteStaller{table: table, fired: &fired, deletes: map[string]bool{}}
 	})

@@ -26,26 +26,6 @@ import (
 // inbox skips the copy. The tests check the topic and a downstream consumer
 // (which, like the tests' own checks, reaches the services directly).
 
-func startProxy(t *testing.T, target string) *netproxy.Proxy {
-	t.Helper()
-	p, err := netproxy.New(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	return p
-}
-
-// postgresAddr returns the host:port of pgtest.DSN.
-func postgresAddr(t *testing.T) string {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(pgtest.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
-}
-
 // orderedMessages returns n messages for topic over 7 keys, each key's
 // values increasing (what checkOnce checks downstream).
 func orderedMessages(topic string, from, n int) []outbox.Message {
@@ -164,7 +144,7 @@ func TestCommitOutcomeRelayDelete(t *testing.T) {
 			const n = 300
 			ids := enqueue(t, b, orderedMessages(b.topic, 0, n)...)
 			trap := &deleteTrap{table: pgx.Identifier{b.schema, "outbox"}.Sanitize(), action: tc.action}
-			proxy := startProxy(t, postgresAddr(t))
+			proxy := netproxy.Start(t, pgtest.Addr(t))
 			proxy.Inspect(trap.inspector) // before the pool connects
 			startRelay(t, pgtest.PoolVia(t, proxy.Addr()), b.relay)
 			waitEmpty(t, b)
@@ -259,7 +239,7 @@ func noDeletes(t *testing.T, b bundle, d time.Duration) int {
 func TestNetRelayPostgresPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	proxy := startProxy(t, postgresAddr(t))
+	proxy := netproxy.Start(t, pgtest.Addr(t))
 	proxy.SetLatency(5*time.Millisecond, 5*time.Millisecond)
 	cfg := b.relay
 	cfg.BatchSize = 20
@@ -324,7 +304,7 @@ func TestNetRelayPostgresPartition(t *testing.T) {
 func TestNetRelayKafkaPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	proxy := startProxy(t, kafkatest.Brokers()[0])
+	proxy := netproxy.Start(t, kafkatest.Brokers()[0])
 	proxy.SetLatency(5*time.Millisecond, 5*time.Millisecond)
 	transport := &kafka.Transport{Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer

@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/netproxy"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -20,7 +21,7 @@ import (
 func TestNetRelayPreflightDial(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2)
-	proxy := startProxy(t, kafkatest.Brokers()[0])
+	proxy := netproxy.Start(t, kafkatest.Brokers()[0])
 	transport := &kafka.Transport{Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, proxy.Addr())

@@ -31,6 +31,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -121,6 +122,19 @@ func New(target string) (*Proxy, error) {
 // Addr returns the address clients dial, host:port. It does not change
 // across Cut and Restore.
 func (p *Proxy) Addr() string { return p.addr }
+
+// Start returns a proxy to target for a test, closed when the test ends
+// (after what the test registers later, such as a pool or a consumer using
+// it, is closed).
+func Start(tb testing.TB, target string) *Proxy {
+	tb.Helper()
+	p, err := New(target)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = p.Close() })
+	return p
+}
 
 // Target returns the address the proxy forwards to.
 func (p *Proxy) Target() string { return p.target }

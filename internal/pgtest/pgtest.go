@@ -27,6 +27,16 @@ const DSNDefault = "postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=di
 // DSN returns DATABASE_URL, or DSNDefault when it is unset.
 func DSN() string { return cmp.Or(os.Getenv("DATABASE_URL"), DSNDefault) }
 
+// Addr returns the host:port of DSN.
+func Addr(tb testing.TB) string {
+	tb.Helper()
+	cfg, err := pgx.ParseConfig(DSN())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+}
+
 // Pool returns a pool with an empty search_path, closed when the test ends.
 // It fails the test, with a hint, when Postgres is unreachable: integration
 // tests never skip silently.
