@@ -59,7 +59,9 @@ die() { printf '[kafka] ERROR: %s\n' "$*" >&2; exit 1; }
 
 ensure_java() {
 	local missing=()
-	command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+	# A JDK, not a JRE: the tests run Kafka's Java client as a single-file
+	# source program (internal/kafkatest/java), which needs jdk.compiler.
+	{ command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; } || missing+=(default-jdk-headless)
 	command -v mvn >/dev/null 2>&1 || missing+=(maven)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]})"
