@@ -148,9 +148,21 @@ func (f *fetcher) records(p *fetchAPI.ResponsePartition) (msgs []kafka.Message, 
 		return cmp.Compare(a.FirstOffset, b.FirstOffset)
 	})
 	abortedProducers := map[int64]bool{}
+	// consumeAborted marks the producers of the aborted transactions that
+	// began at or before offset, as Kafka's Java consumer does before it
+	// looks at any batch that carries a producer id, control batches
+	// included: an abort marker met before the producer's next batch must
+	// end its aborted transaction, not leave it to swallow the next one.
+	consumeAborted := func(offset int64) {
+		for len(aborted) > 0 && aborted[0].FirstOffset <= offset {
+			abortedProducers[aborted[0].ProducerID] = true
+			aborted = aborted[1:]
+		}
+	}
 	for _, batch := range batches {
 		switch b := batch.(type) {
 		case *protocol.ControlBatch:
+			consumeAborted(b.BaseOffset)
 			for {
 				r, err := b.ReadRecord()
 				if err != nil {
@@ -171,10 +183,7 @@ func (f *fetcher) records(p *fetchAPI.ResponsePartition) (msgs []kafka.Message, 
 			continue
 		case *protocol.RecordBatch:
 			if b.Attributes.Transactional() {
-				for len(aborted) > 0 && aborted[0].FirstOffset <= b.BaseOffset {
-					abortedProducers[aborted[0].ProducerID] = true
-					aborted = aborted[1:]
-				}
+				consumeAborted(b.BaseOffset)
 				if abortedProducers[b.ProducerID] {
 					if err := f.discard(b); err != nil {
 						return msgs, err

@@ -82,3 +82,50 @@ func TestRecordsAbortedAndControl(t *testing.T) {
 		t.Fatalf("next offset %d, want 9 (past the last marker)", f.next)
 	}
 }
+
+// TestRecordsAbortMarkerFirst: a response that starts at an abort marker
+// whose transaction began before the fetch offset. The marker ends that
+// transaction; the producer's next transaction, committed, is kept. (The
+// aborted entry was only taken at the producer's next data batch, after
+// the marker, which then dropped a committed transaction: a loss.)
+func TestRecordsAbortMarkerFirst(t *testing.T) {
+	t.Parallel()
+	rec := func(off int64, v string) protocol.Record {
+		return protocol.Record{Offset: off, Value: protocol.NewBytes([]byte(v))}
+	}
+	marker := func(off int64, typ int16) protocol.Record {
+		return (&protocol.ControlRecord{Offset: off, Type: typ, Data: []byte{0, 0, 0, 0, 0, 0}}).Record()
+	}
+	tx := protocol.Transactional
+	for _, between := range []bool{false, true} {
+		batches := []protocol.RecordReader{
+			&protocol.ControlBatch{Attributes: tx | protocol.Control, ProducerID: 7, BaseOffset: 11, Records: protocol.NewRecordReader(marker(11, 0))},
+		}
+		want := []string{"committed-13"}
+		if between {
+			batches = append(batches, &protocol.RecordBatch{BaseOffset: 12, Records: protocol.NewRecordReader(rec(12, "plain-12"))})
+			want = []string{"plain-12", "committed-13"}
+		} else {
+			batches = append(batches, &protocol.RecordBatch{BaseOffset: 12, Records: protocol.NewRecordReader()})
+		}
+		batches = append(batches,
+			&protocol.RecordBatch{Attributes: tx, ProducerID: 7, BaseOffset: 13, Records: protocol.NewRecordReader(rec(13, "committed-13"))},
+			&protocol.ControlBatch{Attributes: tx | protocol.Control, ProducerID: 7, BaseOffset: 14, Records: protocol.NewRecordReader(marker(14, 1))},
+		)
+		f := &fetcher{topic: "t", isolation: 1, next: 11}
+		msgs, err := f.records(&fetchAPI.ResponsePartition{
+			AbortedTransactions: []fetchAPI.ResponseTransaction{{ProducerID: 7, FirstOffset: 10}},
+			RecordSet:           protocol.RecordSet{Records: &protocol.RecordStream{Records: batches}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range msgs {
+			got = append(got, string(m.Value))
+		}
+		if len(got) != len(want) || got[len(got)-1] != want[len(want)-1] || f.next != 15 {
+			t.Errorf("plain batch between=%v: messages %q, next %d; want %q, next 15", between, got, f.next, want)
+		}
+	}
+}
