@@ -59,6 +59,8 @@ type fetched struct {
 	// next is the offset after everything the response held, skipped
 	// records included.
 	next int64
+	// batches is how many record batches the response held, whole.
+	batches int
 	// end is the offset a consumer that has read everything would be at:
 	// the last stable offset with read committed, else the high watermark.
 	end int64
@@ -121,7 +123,15 @@ func (f *fetcher) fetch(ctx context.Context) (fetched, error) {
 	if err != nil {
 		return fetched{}, err
 	}
-	return fetched{msgs: msgs, next: f.next, end: end}, nil
+	batches := 0
+	switch rs := p.RecordSet.Records.(type) {
+	case nil:
+	case *protocol.RecordStream:
+		batches = len(rs.Records)
+	default:
+		batches = 1
+	}
+	return fetched{msgs: msgs, next: f.next, end: end, batches: batches}, nil
 }
 
 // records decodes a partition's record batches, skipping control batches
@@ -160,6 +170,10 @@ func (f *fetcher) records(p *fetchAPI.ResponsePartition) (msgs []kafka.Message, 
 		}
 	}
 	for _, batch := range batches {
+		// A batch compaction emptied still starts where it starts.
+		if b, ok := batch.(interface{ Offset() int64 }); ok {
+			f.next = max(f.next, b.Offset())
+		}
 		switch b := batch.(type) {
 		case *protocol.ControlBatch:
 			consumeAborted(b.BaseOffset)

@@ -211,6 +211,11 @@ func (c *Consumer) newBackoff() *backoff.ExponentialBackOff {
 // 256 B messages) for no gain in speed.
 const fetchMaxBytes = 1 << 20
 
+// fetchMaxBytesCap bounds how far a fetch that made no progress grows its
+// response size (a record batch larger than the rest of the response is cut
+// off and dropped).
+const fetchMaxBytesCap = 64 << 20
+
 // fetchLoop fetches the partition into chunks until ctx ends, retrying
 // failed fetches with backoff. A response that holds only control records or
 // aborted transactions is sent too, without messages, so that the committed
@@ -239,8 +244,19 @@ func (p *partition) fetchLoop(ctx context.Context, f *fetcher, chunks chan<- fet
 		p.end.Store(fr.end)
 		if len(fr.msgs) == 0 && fr.next == sent {
 			p.storeLag()
+			if fr.batches > 0 {
+				// Batches, but nothing past the offset: a batch compaction
+				// emptied (kafka-go does not show where it ends), or the
+				// next batch cut off at maxBytes. Wait instead of spinning
+				// on the broker's immediate answer, and ask for more bytes.
+				f.maxBytes = min(2*f.maxBytes, fetchMaxBytesCap)
+				if !waitBackoff(ctx, p.c.cfg.FetchMaxWait) {
+					return
+				}
+			}
 			continue
 		}
+		f.maxBytes = fetchMaxBytes
 		sent = fr.next
 		select {
 		case chunks <- fr:
