@@ -33,7 +33,6 @@ const (
 	FetchMaxWaitDefault           = 500 * time.Millisecond
 	StartupTimeoutDefault         = 10 * time.Second
 	PartitionWatchIntervalDefault = 5 * time.Second
-	TransactionTimeoutDefault     = 2 * time.Minute
 )
 
 // Config configures a Consumer. Brokers, GroupID, Topics and Pool are
@@ -117,15 +116,18 @@ type Config struct {
 	// FetchMaxWait is how long the broker may hold an empty fetch.
 	// Defaults to 500ms.
 	FetchMaxWait time.Duration
-	// TransactionTimeout bounds one attempt at a batch, from BEGIN to
-	// COMMIT, handlers included: past it the attempt is cancelled (pgx
-	// closes its connection) and retried like an outage. It is also the
-	// transaction's idle_in_transaction_session_timeout, so that a session
-	// whose client vanished without closing the connection (a half-open
-	// TCP connection: a failover, a NAT entry gone) ends and releases its
-	// inbox claims. Without it such a batch waited for the operating
-	// system's TCP timers, minutes to hours, with the partition stalled.
-	// Keep it well above the slowest batch. Defaults to 2m.
+	// TransactionTimeout, when set, bounds one attempt at a batch's
+	// transaction, handlers included: past it the attempt is cancelled
+	// (pgx closes its connection) and retried like an outage. It is also
+	// the transaction's idle_in_transaction_session_timeout, so that a
+	// session whose client vanished without closing the connection (a
+	// half-open TCP connection: a failover, a NAT entry gone) ends and
+	// releases its inbox claims. Without it such a batch waits for the
+	// operating system's TCP timers, minutes to hours, with its partition
+	// stalled. Set it well above the slowest batch (BatchSize messages):
+	// a batch that cannot finish within it is retried whole, forever, and
+	// a single slow message is not dead-lettered for it. Defaults to 0:
+	// no bound.
 	TransactionTimeout time.Duration
 	// ShutdownTimeout bounds how long Run spends finishing in-flight batches
 	// after its context ends; what is not committed to Postgres by then is
@@ -161,7 +163,6 @@ func (c Config) withDefaults() Config {
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, HeartbeatIntervalDefault)
 	c.FetchMaxWait = cmp.Or(c.FetchMaxWait, FetchMaxWaitDefault)
 	c.PartitionWatchInterval = cmp.Or(c.PartitionWatchInterval, PartitionWatchIntervalDefault)
-	c.TransactionTimeout = cmp.Or(c.TransactionTimeout, TransactionTimeoutDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
 	c.StartupTimeout = cmp.Or(c.StartupTimeout, StartupTimeoutDefault)
 	if c.Logger == nil {

@@ -168,8 +168,11 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 // first batch, read the attempts recorded; while past owners may have died
 // on the next offsets, one message at a time, its attempt recorded first.
 func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.c.cfg.TransactionTimeout)
-	defer cancel()
+	if d := p.c.cfg.TransactionTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	if !p.assigned {
 		if err := p.beginAssignment(ctx, pending[0].msg.Offset, pending[len(pending)-1].msg.Offset); err != nil {
 			return 0, err
@@ -520,11 +523,15 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 	return t, nil
 }
 
-// begin starts a batch transaction whose session the server ends when it
-// sits idle in the transaction for TransactionTimeout (sql/begin.sql), in
-// one round trip.
+// begin starts a batch transaction; with a TransactionTimeout, one whose
+// session the server ends when it sits idle in the transaction that long
+// (sql/begin.sql), in the same round trip.
 func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
-	tx, err := p.c.cfg.Pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: p.c.sql["begin"]})
+	var opts pgx.TxOptions
+	if p.c.cfg.TransactionTimeout > 0 {
+		opts.BeginQuery = p.c.sql["begin"]
+	}
+	tx, err := p.c.cfg.Pool.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
