@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -50,8 +51,12 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 	var offset, upTo, suspectUpTo int64
 	var n int
 	found := false
+	lowest := int64(-1)
 	if _, err := pgx.ForEachRow(rows, []any{&offset, &n, &upTo}, func() error {
 		found = true
+		if lowest < 0 {
+			lowest = offset // rows come in offset order
+		}
 		// A batch's start is no attempt of its first message: the death
 		// may have been any message's of the batch. Only a message that
 		// ran alone is blamed.
@@ -64,10 +69,12 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 		return fmt.Errorf("read attempts: %w", err)
 	}
 	if found {
-		// Batches are committed soon after they settle: attempts much
-		// further on are from before the offsets went back (a reset, an
-		// expired group), not a death here.
-		if suspectUpTo-first <= 4*int64(p.c.cfg.BatchSize) {
+		// Batches are committed soon after they settle: attempts whose
+		// first row is much further on are from before the offsets went
+		// back (a reset, an expired group), not a death here. (The first
+		// row, not the last: on a compacted topic, or one full of
+		// transaction markers, a batch spans more offsets than messages.)
+		if lowest-first <= 4*int64(p.c.cfg.BatchSize) {
 			p.suspects = suspects{starts: starts, last: suspectUpTo}
 			p.log.Warn("an earlier owner started this partition here and did not get past it; running one message at a time, counting attempts", "offset", first, "until_offset", suspectUpTo)
 			return nil
@@ -139,4 +146,15 @@ func (p *partition) settledAttempts(ctx context.Context, tx pgx.Tx, settled []*i
 // committed.
 func (p *partition) committed() {
 	p.startRow = -1
+}
+
+// unrecordAttempt takes back the attempt startAttempt recorded for it, when
+// the attempt ended because the consumer cancelled it, not because the
+// process died. It runs on a context of its own: ctx is already done.
+func (p *partition) unrecordAttempt(ctx context.Context, it *item) {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := p.c.cfg.Pool.Exec(uctx, p.c.sql["attempts_start"], p.c.cfg.GroupID, p.topic, p.id, it.msg.Offset, it.attempts, it.msg.Offset); err != nil {
+		p.log.Warn("could not take back a cancelled attempt; it counts as one", "offset", it.msg.Offset, "err", err)
+	}
 }

@@ -187,6 +187,12 @@ func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
 		return 0, err
 	}
 	n, err := p.process(ctx, pending[:1])
+	if n == 0 && err != nil && ctx.Err() != nil && it.reason == "" {
+		// Cancelled (a rebalance, a shutdown), not dead: take back the
+		// attempt recorded for it, or rolling restarts would add up to
+		// MaxAttempts against a healthy message.
+		p.unrecordAttempt(ctx, it)
+	}
 	if n == 1 && it.msg.Offset >= p.suspects.last {
 		p.suspects = suspects{}
 		p.log.Info("past the offsets an earlier owner may have died on; running batches again", "offset", it.msg.Offset)
