@@ -105,10 +105,13 @@ func TestGroupFrozenMember(t *testing.T) {
 			// expelled the frozen member, and must drain it meanwhile.
 			waitPartitionCommitted(t, b, parts, 3, kafkatest.EndOffset(t, b.topic, 3), 60*time.Second)
 			if tc.hook == "consumer.before-db-commit" {
-				// The frozen member's claims hold inbox locks: the second
-				// member's claims of the same tokens wait on them.
+				// The frozen member's transaction holds locks: its inbox
+				// claims, and the assignment's start row it deletes as its
+				// batch settles. The second member, which finds that row and
+				// so runs one message at a time, waits on one or the other.
 				waitCount(t, b.pool, 30*time.Second, 1, `SELECT count(*) FROM pg_stat_activity
-					WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'`, pgx.Identifier{b.schema, "inbox"}.Sanitize())
+					WHERE wait_event_type = 'Lock' AND (query LIKE '%' || $1 || '%' OR query LIKE '%' || $2 || '%')`,
+					pgx.Identifier{b.schema, "inbox"}.Sanitize(), pgx.Identifier{b.schema, "dead_letters_attempts"}.Sanitize())
 			}
 			if tc.hook == "consumer.after-db-commit" {
 				// The batch the frozen member committed to Postgres but not

@@ -44,6 +44,19 @@ func (c *Consumer) watchPartitions(genCtx context.Context, client *kafka.Client,
 			if err != nil {
 				log.Debug("reading the topics' partitions failed", "err", err)
 			}
+			var missing []string
+			for _, topic := range c.cfg.Topics {
+				if n, ok := counts[topic]; err == nil && (!ok || n == 0) {
+					missing = append(missing, topic)
+				}
+			}
+			if len(missing) > 0 {
+				// kafka-go's leader assigns nothing while one of the
+				// topics is missing: rebalancing would only loop.
+				log.Error("topics do not exist; the group is assigned no partition of any topic until they do", "missing", missing)
+				cancel()
+				continue
+			}
 			for topic, n := range counts {
 				if n > assigned[topic] {
 					grown = topic
