@@ -134,9 +134,7 @@ func TestNetPostgresPartition(t *testing.T) {
 			}
 			x.Release() // its statement meets a closed connection
 			noProgress(t, b, time.Second)
-			if err := proxy.Restore(); err != nil {
-				t.Fatal(err)
-			}
+			proxy.MustRestore(t)
 			waitAccepted(t, proxy, before+1)
 		}},
 		{"reset", func(t *testing.T, x *hold) {
@@ -151,9 +149,7 @@ func TestNetPostgresPartition(t *testing.T) {
 			proxy.Blackhole()
 			x.Release() // its statement waits in the black hole
 			noProgress(t, b, 2*time.Second)
-			if err := proxy.Restore(); err != nil {
-				t.Fatal(err)
-			}
+			proxy.MustRestore(t)
 		}},
 		{"cut-hanging", func(t *testing.T, x *hold) {
 			proxy.Blackhole()
@@ -162,9 +158,7 @@ func TestNetPostgresPartition(t *testing.T) {
 			}
 			x.Release()
 			noProgress(t, b, 2*time.Second)
-			if err := proxy.Restore(); err != nil {
-				t.Fatal(err)
-			}
+			proxy.MustRestore(t)
 		}},
 		{"latency", func(t *testing.T, x *hold) {
 			proxy.SetLatency(3*time.Millisecond, 7*time.Millisecond)
@@ -270,9 +264,7 @@ func TestNetKafkaPartition(t *testing.T) {
 			}
 			x.Release() // the batch commits to Postgres; its offset cannot be committed
 			offsetsStill(t, b, 3*time.Second)
-			if err := proxy.Restore(); err != nil {
-				t.Fatal(err)
-			}
+			proxy.MustRestore(t)
 		}},
 		{"reset", func(t *testing.T, x *hold) {
 			if n := proxy.Reset(); n == 0 {
@@ -284,9 +276,7 @@ func TestNetKafkaPartition(t *testing.T) {
 			proxy.Blackhole()
 			x.Release()
 			offsetsStill(t, b, 8*time.Second)
-			if err := proxy.Restore(); err != nil {
-				t.Fatal(err)
-			}
+			proxy.MustRestore(t)
 		}},
 		{"latency", func(t *testing.T, x *hold) {
 			proxy.SetLatency(50*time.Millisecond, 50*time.Millisecond)

@@ -244,18 +244,13 @@ func TestNetRelayPostgresPartition(t *testing.T) {
 	cfg := b.relay
 	cfg.BatchSize = 20
 	startRelay(t, pgtest.PoolVia(t, proxy.Addr()), cfg)
-	restore := func(t *testing.T) {
-		if err := proxy.Restore(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	ids := relayPhases(t, b, 2000, []relayPhase{
 		{"cut", func(t *testing.T) {
 			if n := proxy.Cut(); n == 0 {
 				t.Fatal("Cut closed no connection: the relay's pool does not go through the proxy")
 			}
 			t.Logf("cut with %d rows waiting", noDeletes(t, b, time.Second))
-			restore(t)
+			proxy.MustRestore(t)
 		}},
 		{"reset", func(t *testing.T) {
 			if n := proxy.Reset(); n == 0 {
@@ -265,7 +260,7 @@ func TestNetRelayPostgresPartition(t *testing.T) {
 		{"blackhole", func(t *testing.T) {
 			proxy.Blackhole()
 			t.Logf("black hole with %d rows waiting", noDeletes(t, b, 2*time.Second))
-			restore(t)
+			proxy.MustRestore(t)
 		}},
 		{"cut-hanging", func(t *testing.T) {
 			proxy.Blackhole()
@@ -273,7 +268,7 @@ func TestNetRelayPostgresPartition(t *testing.T) {
 				t.Fatal("CloseAll closed no connection")
 			}
 			t.Logf("cut with %d rows waiting", noDeletes(t, b, 2*time.Second))
-			restore(t)
+			proxy.MustRestore(t)
 		}},
 		{"latency", func(t *testing.T) {
 			proxy.SetLatency(10*time.Millisecond, 20*time.Millisecond)
@@ -315,11 +310,6 @@ func TestNetRelayKafkaPartition(t *testing.T) {
 	cfg.BatchSize = 20
 	cfg.Transport = transport
 	startRelay(t, b.pool, cfg)
-	restore := func(t *testing.T) {
-		if err := proxy.Restore(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Only the relay reaches Kafka through the proxy: while it forwards
 	// nothing, nothing is published, so no row is deleted.
 	ids := relayPhases(t, b, 2000, []relayPhase{
@@ -328,7 +318,7 @@ func TestNetRelayKafkaPartition(t *testing.T) {
 				t.Fatal("Cut closed no connection: the relay does not go through the proxy")
 			}
 			t.Logf("cut with %d rows waiting", noDeletes(t, b, time.Second))
-			restore(t)
+			proxy.MustRestore(t)
 		}},
 		{"reset", func(t *testing.T) {
 			if n := proxy.Reset(); n == 0 {
@@ -338,7 +328,7 @@ func TestNetRelayKafkaPartition(t *testing.T) {
 		{"blackhole", func(t *testing.T) {
 			proxy.Blackhole()
 			t.Logf("black hole with %d rows waiting", noDeletes(t, b, 12*time.Second))
-			restore(t)
+			proxy.MustRestore(t)
 		}},
 		{"latency", func(t *testing.T) {
 			proxy.SetLatency(50*time.Millisecond, 50*time.Millisecond)

@@ -123,6 +123,14 @@ func New(target string) (*Proxy, error) {
 // across Cut and Restore.
 func (p *Proxy) Addr() string { return p.addr }
 
+// MustRestore is Restore for a test: it fails the test on an error.
+func (p *Proxy) MustRestore(tb testing.TB) {
+	tb.Helper()
+	if err := p.Restore(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 // Start returns a proxy to target for a test, closed when the test ends
 // (after what the test registers later, such as a pool or a consumer using
 // it, is closed).
