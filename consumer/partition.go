@@ -708,19 +708,19 @@ func conflictError(it *item, c inbox.Claimed) error {
 func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 	var token *string
 	if !it.token.IsZero() {
-		s := storableText(it.token.String())
+		s := it.token.String() // valid UTF-8 without NUL, whatever the token's bytes
 		token = &s
 	}
 	keys := make([]string, len(it.msg.Headers))
 	values := make([][]byte, len(it.msg.Headers))
-	var rawKeys [][]byte // nil unless a key is not storable as text
+	escaped := false
 	for i, h := range it.msg.Headers {
 		keys[i], values[i] = storableText(h.Key), h.Value
-		if keys[i] != h.Key && rawKeys == nil {
-			rawKeys = make([][]byte, len(it.msg.Headers))
-		}
+		escaped = escaped || keys[i] != h.Key
 	}
-	if rawKeys != nil {
+	var rawKeys [][]byte // nil unless a key is not storable as text
+	if escaped {
+		rawKeys = make([][]byte, len(it.msg.Headers))
 		for i, h := range it.msg.Headers {
 			rawKeys[i] = []byte(h.Key)
 		}
