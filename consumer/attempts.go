@@ -43,7 +43,7 @@ type suspects struct {
 // the first batch, first to last, when there are none.
 func (p *partition) beginAssignment(ctx context.Context, first, last int64) error {
 	pool, q := p.c.cfg.Pool, p.c.sql
-	rows, err := pool.Query(ctx, q["attempts_read"], p.c.cfg.GroupID, p.topic, p.id, first)
+	rows, err := pool.Query(ctx, q.AttemptsRead, p.c.cfg.GroupID, p.topic, p.id, first)
 	if err != nil {
 		return fmt.Errorf("read attempts: %w", err)
 	}
@@ -79,11 +79,11 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 			p.log.Warn("an earlier owner started this partition here and did not get past it; running one message at a time, counting attempts", "offset", first, "until_offset", suspectUpTo)
 			return nil
 		}
-		if _, err := pool.Exec(ctx, q["attempts_clear"], p.c.cfg.GroupID, p.topic, p.id); err != nil {
+		if _, err := pool.Exec(ctx, q.AttemptsClear, p.c.cfg.GroupID, p.topic, p.id); err != nil {
 			return fmt.Errorf("clear attempts: %w", err)
 		}
 	}
-	if _, err := pool.Exec(ctx, q["attempts_start"], p.c.cfg.GroupID, p.topic, p.id, first, 1, last); err != nil {
+	if _, err := pool.Exec(ctx, q.AttemptsStart, p.c.cfg.GroupID, p.topic, p.id, first, 1, last); err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
 	p.startRow = first
@@ -111,7 +111,7 @@ func (p *partition) startAttempt(ctx context.Context, it *item) error {
 		}
 		return nil
 	}
-	if _, err := p.c.cfg.Pool.Exec(ctx, p.c.sql["attempts_start"], p.c.cfg.GroupID, p.topic, p.id, it.msg.Offset, it.attempts+1, it.msg.Offset); err != nil {
+	if _, err := p.c.cfg.Pool.Exec(ctx, p.c.sql.AttemptsStart, p.c.cfg.GroupID, p.topic, p.id, it.msg.Offset, it.attempts+1, it.msg.Offset); err != nil {
 		return fmt.Errorf("record attempt: %w", err)
 	}
 	return nil
@@ -136,7 +136,7 @@ func (p *partition) settledAttempts(ctx context.Context, tx pgx.Tx, settled []*i
 			offsets = append(offsets, it.msg.Offset)
 		}
 	}
-	if _, err := tx.Exec(ctx, p.c.sql["attempts_settled"], p.c.cfg.GroupID, p.topic, p.id, offsets); err != nil {
+	if _, err := tx.Exec(ctx, p.c.sql.AttemptsSettled, p.c.cfg.GroupID, p.topic, p.id, offsets); err != nil {
 		return fmt.Errorf("forget settled attempts: %w", err)
 	}
 	return nil
@@ -154,7 +154,7 @@ func (p *partition) committed() {
 func (p *partition) unrecordAttempt(ctx context.Context, it *item) {
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := p.c.cfg.Pool.Exec(uctx, p.c.sql["attempts_start"], p.c.cfg.GroupID, p.topic, p.id, it.msg.Offset, it.attempts, it.msg.Offset); err != nil {
+	if _, err := p.c.cfg.Pool.Exec(uctx, p.c.sql.AttemptsStart, p.c.cfg.GroupID, p.topic, p.id, it.msg.Offset, it.attempts, it.msg.Offset); err != nil {
 		p.log.Warn("could not take back a cancelled attempt; it counts as one", "offset", it.msg.Offset, "err", err)
 	}
 }

@@ -100,7 +100,7 @@ type Consumer struct {
 	handle  func(ctx context.Context, tx pgx.Tx, msgs []Message) error
 	perMsg  bool // handle may be called one message at a time to find a failure
 	inbox   *inbox.Store
-	sql     map[string]string
+	sql     queries
 	log     *slog.Logger
 	metrics *metrics
 
@@ -147,8 +147,8 @@ func newConsumer(cfg Config, perMsg bool, handle func(context.Context, pgx.Tx, [
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
-	queries, err := sqltmpl.RenderDir(queryFS, "sql", cfg.deadLetterVars())
-	if err != nil {
+	var q queries
+	if err := sqltmpl.Load(queryFS, "sql", cfg.deadLetterVars(), &q); err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
 	m, err := newMetrics(cfg.MeterProvider)
@@ -160,7 +160,7 @@ func newConsumer(cfg Config, perMsg bool, handle func(context.Context, pgx.Tx, [
 		handle:  handle,
 		perMsg:  perMsg,
 		inbox:   store,
-		sql:     queries,
+		sql:     q,
 		log:     cfg.Logger.With("group", cfg.GroupID),
 		metrics: m,
 	}, nil
@@ -329,7 +329,7 @@ func (c *Consumer) preflight(ctx context.Context) error {
 	dlTable := pgx.Identifier{c.cfg.Inbox.Schema, c.cfg.DeadLetterTable}.Sanitize()
 	attemptsTable := pgx.Identifier{c.cfg.Inbox.Schema, c.cfg.DeadLetterTable + "_attempts"}.Sanitize()
 	var haveInbox, haveDL, haveAttempts bool
-	if err := c.cfg.Pool.QueryRow(ctx, c.sql["check_tables"], inboxTable, dlTable, attemptsTable).Scan(&haveInbox, &haveDL, &haveAttempts); err != nil {
+	if err := c.cfg.Pool.QueryRow(ctx, c.sql.CheckTables, inboxTable, dlTable, attemptsTable).Scan(&haveInbox, &haveDL, &haveAttempts); err != nil {
 		return fmt.Errorf("consumer: check tables: %w", err)
 	}
 	if !haveInbox || !haveDL || !haveAttempts {
@@ -384,4 +384,15 @@ func waitBackoff(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// queries are the statements rendered from sql/*.sql.
+type queries struct {
+	AttemptsClear   string `sql:"attempts_clear"`
+	AttemptsRead    string `sql:"attempts_read"`
+	AttemptsSettled string `sql:"attempts_settled"`
+	AttemptsStart   string `sql:"attempts_start"`
+	Begin           string `sql:"begin"`
+	CheckTables     string `sql:"check_tables"`
+	DeadLetter      string `sql:"dead_letter"`
 }

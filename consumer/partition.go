@@ -535,7 +535,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
 	var opts pgx.TxOptions
 	if p.c.cfg.TransactionTimeout > 0 {
-		opts.BeginQuery = p.c.sql["begin"]
+		opts.BeginQuery = p.c.sql.Begin
 	}
 	tx, err := p.c.cfg.Pool.BeginTx(ctx, opts)
 	if err != nil {
@@ -738,7 +738,7 @@ func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 		if err != nil {
 			return err
 		}
-		if _, err := sp.Exec(ctx, p.c.sql["dead_letter"], p.c.cfg.Inbox.Scope, token, it.reason, errText, it.attempts,
+		if _, err := sp.Exec(ctx, p.c.sql.DeadLetter, p.c.cfg.Inbox.Scope, token, it.reason, errText, it.attempts,
 			it.msg.Topic, it.msg.Partition, it.msg.Offset, it.msg.Key, it.msg.Value, keys, values, msgTime, rawKeys); err != nil {
 			_ = sp.Rollback(ctx)
 			return err

@@ -101,7 +101,7 @@ type DB interface {
 type Store struct {
 	db  DB
 	cfg Config
-	sql map[string]string
+	sql queries
 }
 
 // New returns a Store for the inbox table and scope that cfg names. It does
@@ -115,11 +115,11 @@ func New(db DB, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	queries, err := sqltmpl.RenderDir(queryFS, "sql", cfg.vars())
-	if err != nil {
+	var q queries
+	if err := sqltmpl.Load(queryFS, "sql", cfg.vars(), &q); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	return &Store{db: db, cfg: cfg, sql: queries}, nil
+	return &Store{db: db, cfg: cfg, sql: q}, nil
 }
 
 // Config returns the store's configuration with defaults applied.
@@ -277,7 +277,7 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 	if n == 0 {
 		return out, nil
 	}
-	rows, err := tx.Query(ctx, s.sql["claim"], s.cfg.Scope, tokens, fps, topics, parts, offsets)
+	rows, err := tx.Query(ctx, s.sql.Claim, s.cfg.Scope, tokens, fps, topics, parts, offsets)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: claim: %w", err)
 	}
@@ -299,7 +299,7 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 	if len(unresolved) > 0 {
 		// These waited on a concurrent claim that committed after this
 		// statement's snapshot was taken; a new statement sees it.
-		rows, err := tx.Query(ctx, s.sql["lookup"], s.cfg.Scope, unresolved)
+		rows, err := tx.Query(ctx, s.sql.Lookup, s.cfg.Scope, unresolved)
 		if err != nil {
 			return nil, fmt.Errorf("inbox: claim lookup: %w", err)
 		}
@@ -379,7 +379,7 @@ var ErrNotClaimed = errors.New("inbox: token not claimed")
 // SetResult stores result with a token claimed in tx, so that duplicates
 // can return it. Call it in the same transaction as the claim.
 func (s *Store) SetResult(ctx context.Context, tx pgx.Tx, t Token, result []byte) error {
-	tag, err := tx.Exec(ctx, s.sql["set_result"], s.cfg.Scope, t.stored(), result)
+	tag, err := tx.Exec(ctx, s.sql.SetResult, s.cfg.Scope, t.stored(), result)
 	if err != nil {
 		return fmt.Errorf("inbox: set result: %w", err)
 	}
@@ -401,7 +401,7 @@ func (s *Store) SetResult(ctx context.Context, tx pgx.Tx, t Token, result []byte
 func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 	var total int64
 	for {
-		tag, err := s.db.Exec(ctx, s.sql["prune"], s.cfg.Scope, before, s.cfg.PruneBatchSize)
+		tag, err := s.db.Exec(ctx, s.sql.Prune, s.cfg.Scope, before, s.cfg.PruneBatchSize)
 		if err != nil {
 			return total, fmt.Errorf("inbox: prune: %w", err)
 		}
@@ -414,7 +414,7 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 
 // Scopes returns the scopes that hold tokens in the store's table, in order.
 func (s *Store) Scopes(ctx context.Context) ([]string, error) {
-	rows, err := s.db.Query(ctx, s.sql["scopes"])
+	rows, err := s.db.Query(ctx, s.sql.Scopes)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: scopes: %w", err)
 	}
@@ -438,7 +438,7 @@ type ScopeStats struct {
 func (s *Store) Stats(ctx context.Context) (ScopeStats, error) {
 	st := ScopeStats{Scope: s.cfg.Scope}
 	var oldest *time.Time
-	if err := s.db.QueryRow(ctx, s.sql["scope_stats"], s.cfg.Scope).Scan(&st.Tokens, &oldest); err != nil {
+	if err := s.db.QueryRow(ctx, s.sql.ScopeStats, s.cfg.Scope).Scan(&st.Tokens, &oldest); err != nil {
 		return st, fmt.Errorf("inbox: stats: %w", err)
 	}
 	if oldest != nil {
@@ -453,7 +453,7 @@ func (s *Store) Stats(ctx context.Context) (ScopeStats, error) {
 // means pruning stopped.
 func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
 	var oldest *time.Time
-	if err := s.db.QueryRow(ctx, s.sql["oldest"], s.cfg.Scope).Scan(&oldest); err != nil {
+	if err := s.db.QueryRow(ctx, s.sql.Oldest, s.cfg.Scope).Scan(&oldest); err != nil {
 		return time.Time{}, fmt.Errorf("inbox: oldest: %w", err)
 	}
 	if oldest == nil {
@@ -465,8 +465,20 @@ func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
 // PruneCount returns how many tokens Prune would delete: a dry run.
 func (s *Store) PruneCount(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
-	if err := s.db.QueryRow(ctx, s.sql["prune_count"], s.cfg.Scope, before).Scan(&n); err != nil {
+	if err := s.db.QueryRow(ctx, s.sql.PruneCount, s.cfg.Scope, before).Scan(&n); err != nil {
 		return 0, fmt.Errorf("inbox: prune count: %w", err)
 	}
 	return n, nil
+}
+
+// queries are the statements rendered from sql/*.sql.
+type queries struct {
+	Claim      string `sql:"claim"`
+	Lookup     string `sql:"lookup"`
+	Oldest     string `sql:"oldest"`
+	Prune      string `sql:"prune"`
+	PruneCount string `sql:"prune_count"`
+	ScopeStats string `sql:"scope_stats"`
+	Scopes     string `sql:"scopes"`
+	SetResult  string `sql:"set_result"`
 }

@@ -37,7 +37,7 @@ func TestClaimPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Exec(ctx, "RESET plan_cache_mode") //nolint:errcheck
-	if _, err := conn.Exec(ctx, "PREPARE claim_plan AS "+s.sql["claim"]); err != nil {
+	if _, err := conn.Exec(ctx, "PREPARE claim_plan AS "+s.sql.Claim); err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Exec(ctx, "DEALLOCATE claim_plan") //nolint:errcheck

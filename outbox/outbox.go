@@ -180,7 +180,7 @@ type Message struct {
 // Outbox enqueues messages into one outbox table.
 type Outbox struct {
 	cfg        Config
-	sql        map[string]string
+	sql        queries
 	lastNotify atomic.Int64 // unix nanoseconds
 }
 
@@ -191,11 +191,11 @@ func New(cfg Config) (*Outbox, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	queries, err := sqltmpl.RenderDir(queryFS, "sql", cfg.vars())
-	if err != nil {
+	var q queries
+	if err := sqltmpl.Load(queryFS, "sql", cfg.vars(), &q); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	return &Outbox{cfg: cfg, sql: queries}, nil
+	return &Outbox{cfg: cfg, sql: q}, nil
 }
 
 // Config returns the configuration with defaults applied.
@@ -299,9 +299,9 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 		ids[i], topics[i], keys[i], values[i], headers[i] = id, m.Topic, m.Key, m.Value, hj
 	}
 	b := &pgx.Batch{}
-	b.Queue(o.sql["enqueue"], shards, ids, topics, keys, values, headers)
+	b.Queue(o.sql.Enqueue, shards, ids, topics, keys, values, headers)
 	if o.shouldNotify() {
-		b.Queue(o.sql["notify"], o.cfg.Channel())
+		b.Queue(o.sql.Notify, o.cfg.Channel())
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("outbox: enqueue: %w", err)
@@ -395,4 +395,23 @@ func shardOf(key []byte, id string, shards int) int {
 		h.Write([]byte(id))
 	}
 	return int(h.Sum32() % uint32(shards))
+}
+
+// queries are the statements rendered from sql/*.sql.
+type queries struct {
+	CheckTable     string `sql:"check_table"`
+	DeadLetter     string `sql:"dead_letter"`
+	Delete         string `sql:"delete"`
+	Enqueue        string `sql:"enqueue"`
+	Fetch          string `sql:"fetch"`
+	FetchIDs       string `sql:"fetch_ids"`
+	HeldBack       string `sql:"held_back"`
+	LockShard      string `sql:"lock_shard"`
+	MarkPublished  string `sql:"mark_published"`
+	Notify         string `sql:"notify"`
+	Outside        string `sql:"outside"`
+	PrunePublished string `sql:"prune_published"`
+	RecordFailure  string `sql:"record_failure"`
+	SessionTimeout string `sql:"session_timeout"`
+	Shards         string `sql:"shards"`
 }

@@ -441,7 +441,7 @@ func (r *Relay) preflight(ctx context.Context) error {
 	// `exactly migrate sql` with their own tool have no tracking rows).
 	table := pgx.Identifier{r.cfg.Outbox.Schema, r.cfg.Outbox.Table}.Sanitize()
 	var exists, current bool
-	if err := r.pool.QueryRow(ctx, r.ob.sql["check_table"], table).Scan(&exists, &current); err != nil {
+	if err := r.pool.QueryRow(ctx, r.ob.sql.CheckTable, table).Scan(&exists, &current); err != nil {
 		return fmt.Errorf("outbox: check table: %w", err)
 	}
 	if !exists {
@@ -470,7 +470,7 @@ func (r *Relay) preflight(ctx context.Context) error {
 // runs. It does not refuse to start: the rows of its own shards would wait
 // too. MetricRowsOutsideShards keeps counting such rows while it runs.
 func (r *Relay) checkOutside(ctx context.Context) error {
-	rows, err := r.pool.Query(ctx, r.ob.sql["outside"], r.cfg.Outbox.Shards)
+	rows, err := r.pool.Query(ctx, r.ob.sql.Outside, r.cfg.Outbox.Shards)
 	if err != nil {
 		return fmt.Errorf("outbox: check shards: %w", err)
 	}
@@ -615,7 +615,7 @@ func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
 	}
 	var got bool
 	key := lockKeyPrefix(r.cfg.Outbox) + strconv.Itoa(shard)
-	if err := c.QueryRow(ctx, r.ob.sql["lock_shard"], key).Scan(&got); err != nil {
+	if err := c.QueryRow(ctx, r.ob.sql.LockShard, key).Scan(&got); err != nil {
 		c.Release()
 		return nil, err
 	}
@@ -627,7 +627,7 @@ func (r *Relay) own(ctx context.Context, shard int) (*pgx.Conn, error) {
 	// the pool so that nobody else uses (or resets) it.
 	conn := c.Hijack()
 	idle := strconv.FormatInt(max(2*r.cfg.RoundTimeout, r.cfg.RetryMax+r.cfg.PollInterval+r.cfg.RoundTimeout).Milliseconds(), 10)
-	if _, err := conn.Exec(ctx, r.ob.sql["session_timeout"], idle); err != nil {
+	if _, err := conn.Exec(ctx, r.ob.sql.SessionTimeout, idle); err != nil {
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "42704" { // 42704: before Postgres 14
 			_ = conn.Close(context.WithoutCancel(ctx))
@@ -669,7 +669,7 @@ func Shards(ctx context.Context, db interface {
 		return nil, err
 	}
 	cfg = ob.cfg
-	rows, err := db.Query(ctx, ob.sql["shards"], cfg.Shards, lockKeyPrefix(cfg))
+	rows, err := db.Query(ctx, ob.sql.Shards, cfg.Shards, lockKeyPrefix(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("outbox: shards: %w", err)
 	}
@@ -751,7 +751,7 @@ func (r *Relay) round(ctx, work context.Context, conn *pgx.Conn, shard int, wake
 				// times LingerPoll (a long transaction could hold them for
 				// minutes).
 				var held bool
-				if err := conn.QueryRow(work, r.ob.sql["held_back"], shard, keys).Scan(&held); err != nil {
+				if err := conn.QueryRow(work, r.ob.sql.HeldBack, shard, keys).Scan(&held); err != nil {
 					return fmt.Errorf("read outbox: %w", err)
 				}
 				if held {
@@ -802,7 +802,7 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher,
 			}
 			continue
 		}
-		rows, err := r.fetch(ctx, conn, r.ob.sql["fetch_ids"], []int64{b.id})
+		rows, err := r.fetch(ctx, conn, r.ob.sql.FetchIDs, []int64{b.id})
 		if err != nil {
 			return next, err
 		}
@@ -836,7 +836,7 @@ func (r *Relay) retryBlocked(ctx context.Context, conn *pgx.Conn, pub publisher,
 // track_activity_query_size (1kB): pg_stat_activity shows no more of it.
 func (r *Relay) fetchPending(ctx context.Context, conn *pgx.Conn, pub publisher, shard int, blocked [][]byte) ([]row, error) {
 	_, maxBytes := pub.limits()
-	return r.fetch(ctx, conn, r.ob.sql["fetch"], shard, r.cfg.BatchSize, blocked, maxBytes, rowOverhead)
+	return r.fetch(ctx, conn, r.ob.sql.Fetch, shard, r.cfg.BatchSize, blocked, maxBytes, rowOverhead)
 }
 
 // rowOverhead is what fetch.sql adds to a row's key, value and headers: the
@@ -915,9 +915,9 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 	}
 	if len(okIDs) > 0 {
 		testhook.Run("outbox.after-publish")
-		q := r.ob.sql["delete"]
+		q := r.ob.sql.Delete
 		if r.cfg.KeepPublished > 0 {
-			q = r.ob.sql["mark_published"]
+			q = r.ob.sql.MarkPublished
 		}
 		if _, err := conn.Exec(ctx, q, okIDs); err != nil {
 			return nil, fmt.Errorf("remove %d published rows (they will be published again): %w", len(okIDs), err)
@@ -935,7 +935,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 		return nil, nil
 	}
 	rejections := map[int64]int{}
-	res, err := conn.Query(ctx, r.ob.sql["record_failure"], failIDs, failTexts, rejected)
+	res, err := conn.Query(ctx, r.ob.sql.RecordFailure, failIDs, failTexts, rejected)
 	if err != nil {
 		return nil, fmt.Errorf("record failures: %w", err)
 	}
@@ -964,7 +964,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 		}
 		r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
 		if rejections[x.id] >= r.cfg.MaxAttempts {
-			if _, err := conn.Exec(ctx, r.ob.sql["dead_letter"], x.id, reason, e.Error()); err != nil {
+			if _, err := conn.Exec(ctx, r.ob.sql.DeadLetter, x.id, reason, e.Error()); err != nil {
 				return nil, fmt.Errorf("dead-letter row %d: %w", x.id, err)
 			}
 			r.dead.Add(ctx, 1, r.attrs)
@@ -1125,7 +1125,7 @@ func (r *Relay) prune(ctx context.Context) {
 func (r *Relay) PrunePublished(ctx context.Context, before time.Time) (int64, error) {
 	var total int64
 	for {
-		tag, err := r.pool.Exec(ctx, r.ob.sql["prune_published"], before, r.cfg.PruneBatchSize)
+		tag, err := r.pool.Exec(ctx, r.ob.sql.PrunePublished, before, r.cfg.PruneBatchSize)
 		if err != nil {
 			return total, fmt.Errorf("outbox: prune: %w", err)
 		}

@@ -250,7 +250,7 @@ func statusCmd(fs *flag.FlagSet) handler {
 		if st.Outbox, err = outbox.Shards(ctx, e.pool, e.outboxConfig()); err != nil {
 			return err
 		}
-		rows, err := e.pool.Query(ctx, e.sql["dead_letters_summary"])
+		rows, err := e.pool.Query(ctx, e.sql.DeadLettersSummary)
 		if err != nil {
 			return err
 		}
@@ -261,7 +261,7 @@ func statusCmd(fs *flag.FlagSet) handler {
 		}); err != nil {
 			return err
 		}
-		rows, err = e.pool.Query(ctx, e.sql["outbox_dead_letters"])
+		rows, err = e.pool.Query(ctx, e.sql.OutboxDeadLetters)
 		if err != nil {
 			return err
 		}
@@ -515,7 +515,7 @@ func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]de
 	if err != nil {
 		return nil, err
 	}
-	rows, err := e.pool.Query(ctx, e.sql["dead_letters_list"], args...)
+	rows, err := e.pool.Query(ctx, e.sql.DeadLettersList, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -577,7 +577,7 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	var d deadLetter
 	var keys []string
 	var values [][]byte
-	err = e.pool.QueryRow(ctx, e.sql["dead_letters_show"], id).Scan(&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts,
+	err = e.pool.QueryRow(ctx, e.sql.DeadLettersShow, id).Scan(&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts,
 		&d.Topic, &d.Partition, &d.Offset, &d.CreatedAt, &d.ResolvedAt, &d.Resolution, &d.Key, &d.Value, &keys, &values, &d.Time)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("dead letter %d: %w", id, errNotFound)
@@ -739,7 +739,7 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 		if err := e.lockReplays(ctx, tx); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, e.sql["dead_letters_lock"], id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset, &d.reason)
+		err := tx.QueryRow(ctx, e.sql.DeadLettersLock, id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset, &d.reason)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // resolved meanwhile
 		}
@@ -753,7 +753,7 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, e.sql["dead_letters_resolve"], id, resolution)
+		_, err = tx.Exec(ctx, e.sql.DeadLettersResolve, id, resolution)
 		return err
 	})
 	return found, err
@@ -764,7 +764,7 @@ func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resoluti
 // shard than its other rows.
 func (e *env) checkShards(ctx context.Context) error {
 	var highest int
-	if err := e.pool.QueryRow(ctx, e.sql["max_shard"]).Scan(&highest); err != nil {
+	if err := e.pool.QueryRow(ctx, e.sql.MaxShard).Scan(&highest); err != nil {
 		return err
 	}
 	if highest >= e.shards {
@@ -776,7 +776,7 @@ func (e *env) checkShards(ctx context.Context) error {
 // lockReplays serializes replays and discards into the outbox table, for
 // the rest of tx.
 func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, e.sql["replay_lock"], e.schema+"."+e.outboxTable)
+	_, err := tx.Exec(ctx, e.sql.ReplayLock, e.schema+"."+e.outboxTable)
 	return err
 }
 
@@ -884,7 +884,7 @@ func pruneCmd(fs *flag.FlagSet) handler {
 		}
 		// The cut-off by the database's clock, which stamped processed_at.
 		var before time.Time
-		if err := e.pool.QueryRow(ctx, e.sql["prune_cutoff"], age.Microseconds()).Scan(&before); err != nil {
+		if err := e.pool.QueryRow(ctx, e.sql.PruneCutoff, age.Microseconds()).Scan(&before); err != nil {
 			return fmt.Errorf("prune cut-off: %w", err)
 		}
 		result := map[string]int64{}

@@ -115,7 +115,7 @@ type env struct {
 	args                                              []string // positional arguments
 	stdout                                            io.Writer
 	pool                                              *pgxpool.Pool
-	sql                                               map[string]string
+	sql                                               queries
 }
 
 func (e *env) inboxConfig() inbox.Config {
@@ -164,11 +164,11 @@ func (e *env) connect(ctx context.Context) error {
 		return connectError(cfg.ConnConfig, err)
 	}
 	e.pool = pool
-	e.sql, err = sqltmpl.RenderDir(queryFS, "sql", map[string]string{
+	err = sqltmpl.Load(queryFS, "sql", map[string]string{
 		"DeadLetters":       pgx.Identifier{e.schema, e.deadLetters}.Sanitize(),
 		"Outbox":            pgx.Identifier{e.schema, e.outboxTable}.Sanitize(),
 		"OutboxDeadLetters": pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize(),
-	})
+	}, &e.sql)
 	return err
 }
 
@@ -285,4 +285,20 @@ func optional(s string) *string {
 		return nil
 	}
 	return &s
+}
+
+// queries are the statements rendered from sql/*.sql.
+type queries struct {
+	DeadLettersList          string `sql:"dead_letters_list"`
+	DeadLettersLock          string `sql:"dead_letters_lock"`
+	DeadLettersResolve       string `sql:"dead_letters_resolve"`
+	DeadLettersShow          string `sql:"dead_letters_show"`
+	DeadLettersSummary       string `sql:"dead_letters_summary"`
+	MaxShard                 string `sql:"max_shard"`
+	OutboxDeadLetters        string `sql:"outbox_dead_letters"`
+	OutboxDeadLettersList    string `sql:"outbox_dead_letters_list"`
+	OutboxDeadLettersLock    string `sql:"outbox_dead_letters_lock"`
+	OutboxDeadLettersResolve string `sql:"outbox_dead_letters_resolve"`
+	PruneCutoff              string `sql:"prune_cutoff"`
+	ReplayLock               string `sql:"replay_lock"`
 }

@@ -58,7 +58,7 @@ func (e *env) listOutboxDeadLetters(ctx context.Context, f filters, ids []int64)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := e.pool.Query(ctx, e.sql["outbox_dead_letters_list"], args...)
+	rows, err := e.pool.Query(ctx, e.sql.OutboxDeadLettersList, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, re
 		var m outbox.Message
 		var headers []byte
 		var shard int
-		err := tx.QueryRow(ctx, e.sql["outbox_dead_letters_lock"], id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers, &shard)
+		err := tx.QueryRow(ctx, e.sql.OutboxDeadLettersLock, id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers, &shard)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // resolved meanwhile
 		}
@@ -209,7 +209,7 @@ func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, re
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, e.sql["outbox_dead_letters_resolve"], id, resolution)
+		_, err = tx.Exec(ctx, e.sql.OutboxDeadLettersResolve, id, resolution)
 		return err
 	})
 	return found, err
