@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
@@ -84,9 +85,6 @@ func (f BatchHandlerFunc) HandleBatch(ctx context.Context, tx pgx.Tx, msgs []Mes
 	return f(ctx, tx, msgs)
 }
 
-// Middleware wraps a Handler.
-type Middleware func(Handler) Handler
-
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
@@ -98,7 +96,6 @@ var queryFS embed.FS
 type Consumer struct {
 	cfg     Config
 	handle  func(ctx context.Context, tx pgx.Tx, msgs []Message) error
-	perMsg  bool // handle may be called one message at a time to find a failure
 	inbox   *inbox.Store
 	sql     queries
 	log     *slog.Logger
@@ -113,7 +110,7 @@ func New(cfg Config, h Handler) (*Consumer, error) {
 	if h == nil {
 		return nil, errors.New("consumer: New: handler is nil")
 	}
-	return newConsumer(cfg, true, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
+	return newConsumer(cfg, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
 		for i, m := range msgs {
 			if err := callSafely(func() error { return h.Handle(ctx, tx, m) }); err != nil {
 				return &handlerError{index: i, err: err}
@@ -130,7 +127,7 @@ func NewBatch(cfg Config, h BatchHandler) (*Consumer, error) {
 	if h == nil {
 		return nil, errors.New("consumer: NewBatch: handler is nil")
 	}
-	return newConsumer(cfg, false, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
+	return newConsumer(cfg, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
 		if err := callSafely(func() error { return h.HandleBatch(ctx, tx, msgs) }); err != nil {
 			return &handlerError{index: -1, err: err}
 		}
@@ -138,7 +135,7 @@ func NewBatch(cfg Config, h BatchHandler) (*Consumer, error) {
 	})
 }
 
-func newConsumer(cfg Config, perMsg bool, handle func(context.Context, pgx.Tx, []Message) error) (*Consumer, error) {
+func newConsumer(cfg Config, handle func(context.Context, pgx.Tx, []Message) error) (*Consumer, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -158,7 +155,6 @@ func newConsumer(cfg Config, perMsg bool, handle func(context.Context, pgx.Tx, [
 	return &Consumer{
 		cfg:     cfg,
 		handle:  handle,
-		perMsg:  perMsg,
 		inbox:   store,
 		sql:     q,
 		log:     cfg.Logger.With("group", cfg.GroupID),
@@ -192,7 +188,7 @@ func Migrations(cfg Config) ([]migrate.Line, error) {
 
 // Migrate applies the migrations of the inbox and dead-letter tables that
 // cfg names. It is safe to call from every process at start-up.
-func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
+func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	lines, err := Migrations(cfg)
 	if err != nil {
 		return err

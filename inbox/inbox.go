@@ -11,8 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/sqlname"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
 	"github.com/exactlyhq/exactly/migrate"
@@ -88,18 +88,9 @@ var migrationFS embed.FS
 //go:embed sql/*.sql
 var queryFS embed.FS
 
-// DB is a *pgxpool.Pool, a *pgx.Conn or anything else that runs statements
-// and begins transactions.
-type DB interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
 // Store claims tokens in one inbox table and scope.
 type Store struct {
-	db  DB
+	db  exactly.DB
 	cfg Config
 	sql queries
 }
@@ -107,7 +98,7 @@ type Store struct {
 // New returns a Store for the inbox table and scope that cfg names. It does
 // not touch the database; call Migrate (or apply Migrations with your own
 // tool) before the first claim.
-func New(db DB, cfg Config) (*Store, error) {
+func New(db exactly.DB, cfg Config) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("inbox: New: db is nil")
 	}
@@ -145,7 +136,7 @@ func Migrations(cfg Config) (migrate.Line, error) {
 
 // Migrate applies the inbox migrations that are not yet applied, under an
 // advisory lock, so it is safe to call from every process at start-up.
-func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
+func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	line, err := Migrations(cfg)
 	if err != nil {
 		return err

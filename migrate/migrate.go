@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
 )
 
@@ -23,12 +24,6 @@ const lockKey int64 = 0x6578_6163_746c_7900 // "exactly\x00"
 // TrackingTable is the name of the table, in each line's schema, that
 // records which migrations were applied.
 const TrackingTable = "exactly_migrations"
-
-// DB is what migrations need: a *pgxpool.Pool, a *pgx.Conn or anything else
-// that begins transactions.
-type DB interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-}
 
 // Migration is one versioned step, rendered for its line's schema and table.
 type Migration struct {
@@ -125,7 +120,7 @@ func (l Line) SQL() string {
 // Up applies every migration of every line that is not yet applied, all in
 // one transaction under a cluster-wide advisory lock: concurrent and repeated
 // calls are safe, and a failure leaves nothing half applied.
-func Up(ctx context.Context, db DB, lines ...Line) error {
+func Up(ctx context.Context, db exactly.DB, lines ...Line) error {
 	return locked(ctx, db, func(tx pgx.Tx) error {
 		for _, l := range lines {
 			applied, err := appliedVersions(ctx, tx, l)
@@ -150,7 +145,7 @@ func Up(ctx context.Context, db DB, lines ...Line) error {
 
 // Down reverts the most recently applied migration of the line, one step,
 // and returns it. It returns ErrNothingApplied when none is applied.
-func Down(ctx context.Context, db DB, l Line) (Migration, error) {
+func Down(ctx context.Context, db exactly.DB, l Line) (Migration, error) {
 	var reverted Migration
 	err := locked(ctx, db, func(tx pgx.Tx) error {
 		applied, err := appliedVersions(ctx, tx, l)
@@ -191,7 +186,7 @@ type State struct {
 }
 
 // Status lists every migration of the lines with the time it was applied.
-func Status(ctx context.Context, db DB, lines ...Line) ([]State, error) {
+func Status(ctx context.Context, db exactly.DB, lines ...Line) ([]State, error) {
 	var out []State
 	err := locked(ctx, db, func(tx pgx.Tx) error {
 		for _, l := range lines {
@@ -208,7 +203,7 @@ func Status(ctx context.Context, db DB, lines ...Line) ([]State, error) {
 	return out, err
 }
 
-func locked(ctx context.Context, db DB, fn func(pgx.Tx) error) error {
+func locked(ctx context.Context, db exactly.DB, fn func(pgx.Tx) error) error {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate: begin: %w", err)

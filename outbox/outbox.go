@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/sqlname"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
@@ -147,7 +148,7 @@ func Migrations(cfg Config) (migrate.Line, error) {
 
 // Migrate applies the outbox migrations that are not yet applied, under an
 // advisory lock.
-func Migrate(ctx context.Context, db migrate.DB, cfg Config) error {
+func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	line, err := Migrations(cfg)
 	if err != nil {
 		return err
@@ -362,15 +363,10 @@ func (o *Outbox) shouldNotify() bool {
 	return o.lastNotify.CompareAndSwap(last, now)
 }
 
-// Beginner begins transactions: a *pgxpool.Pool or a *pgx.Conn.
-type Beginner interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-}
-
 // Enqueue adds msgs in a transaction of its own. Prefer EnqueueTx inside the
 // transaction that makes the change the messages announce: that is what
 // makes publishing atomic with it.
-func (o *Outbox) Enqueue(ctx context.Context, db Beginner, msgs ...Message) ([]string, error) {
+func (o *Outbox) Enqueue(ctx context.Context, db exactly.DB, msgs ...Message) ([]string, error) {
 	var ids []string
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		var err error

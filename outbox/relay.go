@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
@@ -661,9 +662,7 @@ type ShardStatus struct {
 // waiting rows (Outside: written by writers configured with more shards, and
 // published by no relay configured with cfg). It counts the waiting rows:
 // meant for operators and alerts.
-func Shards(ctx context.Context, db interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}, cfg Config) ([]ShardStatus, error) {
+func Shards(ctx context.Context, db exactly.DB, cfg Config) ([]ShardStatus, error) {
 	ob, err := New(cfg)
 	if err != nil {
 		return nil, err
