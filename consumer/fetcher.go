@@ -13,6 +13,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
+
+	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
 // fetcher reads one partition with Kafka's fetch API, record batch by record
@@ -287,15 +289,19 @@ func (f *fetcher) resolveStart(ctx context.Context) error {
 	} else {
 		f.next = first
 	}
+	testhook.Run(hookStartResolved)
 	return nil
 }
 
-// offsets returns the partition's first and last (next to be written)
-// offsets.
+// offsets returns the partition's first offset and its last: the next to be
+// written, or under read committed the last stable offset (the first of a
+// transaction still open). Starting a new group at the high watermark would
+// skip the records of open transactions that commit later.
 func (f *fetcher) offsets(ctx context.Context) (first, last int64, err error) {
 	client := &kafka.Client{Addr: f.addr, Transport: f.transport}
 	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{
-		Topics: map[string][]kafka.OffsetRequest{f.topic: {kafka.FirstOffsetOf(f.partition), kafka.LastOffsetOf(f.partition)}},
+		Topics:         map[string][]kafka.OffsetRequest{f.topic: {kafka.FirstOffsetOf(f.partition), kafka.LastOffsetOf(f.partition)}},
+		IsolationLevel: f.isolation,
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("list offsets: %w", err)

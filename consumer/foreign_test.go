@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
 // TestUnstorableDeadLetters: whatever bytes a producer puts in header keys,
@@ -148,6 +151,47 @@ func TestTransactionalProducer(t *testing.T) {
 				t.Errorf("committed offset %d, want the log end %d", got, end)
 			}
 		})
+	}
+}
+
+// TestStartAtLastOffsetWithOpenTransaction: a new group told to start at the
+// end starts at the last stable offset under read committed, not at the high
+// watermark, so the records of a transaction open at that moment and
+// committed later are applied. (Starting at the high watermark skipped them
+// for good: committed records a read-committed consumer never saw.)
+func TestStartAtLastOffsetWithOpenTransaction(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	b.cfg.StartOffset = kafka.LastOffset
+	kafkatest.ProduceTransactions(t, b.topic, "before", "plain:4") // before the start: not applied
+	commit := kafkatest.HoldTransaction(t, b.topic, "open", 5)
+
+	resolved := make(chan struct{})
+	var once sync.Once
+	testhook.Set("consumer.start-resolved", func() { once.Do(func() { close(resolved) }) })
+	t.Cleanup(func() { testhook.Set("consumer.start-resolved", nil) })
+	c, err := consumer.New(b.cfg, insertEffect(b.effects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	select {
+	case <-resolved:
+	case <-time.After(time.Minute):
+		t.Fatal("the consumer did not resolve its start offset")
+	}
+	commit()
+	kafkatest.ProduceTransactions(t, b.topic, "after", "plain:3")
+	waitCommitted(t, b, kafkatest.EndOffset(t, b.topic, 0))
+
+	var total int
+	checkEffectsOnce(t, b, &total)
+	var open, after, before int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FILTER (WHERE token LIKE 'open-%'), count(*) FILTER (WHERE token LIKE 'after-%'), count(*) FILTER (WHERE token LIKE 'before-%') FROM "+b.effects).Scan(&open, &after, &before); err != nil {
+		t.Fatal(err)
+	}
+	if open != 5 || after != 3 || before != 0 {
+		t.Errorf("applied %d of the open transaction's 5 records, %d of the 3 after, %d of the 4 before; want 5, 3, 0", open, after, before)
 	}
 }
 

@@ -27,6 +27,7 @@ const (
 	hookBeforeDBCommit    = "consumer.before-db-commit"
 	hookAfterDBCommit     = "consumer.after-db-commit"
 	hookAfterOffsetCommit = "consumer.after-offset-commit"
+	hookStartResolved     = "consumer.start-resolved"
 )
 
 // partition processes one assigned partition for one generation.

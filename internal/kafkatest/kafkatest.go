@@ -2,6 +2,7 @@
 package kafkatest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/ecdsa"
@@ -113,6 +114,53 @@ func ProduceTransactions(tb testing.TB, topic, prefix string, ops ...string) {
 		filepath.Join(services.RepoRoot(tb), "internal", "kafkatest", "java", "TxProducer.java"),
 		Brokers()[0], topic, prefix,
 	}, ops...)...)
+}
+
+// HoldTransaction writes a transaction of n records to topic (values
+// "commit", tokens prefix-0..n-1) and leaves it open: it returns once the
+// records are in the log, and commit commits it. The test fails if the
+// producer fails or the transaction is not committed by the test's end.
+func HoldTransaction(tb testing.TB, topic, prefix string, n int) (commit func()) {
+	tb.Helper()
+	gate := filepath.Join(tb.TempDir(), "commit")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := exec.CommandContext(ctx, "java", "-Xmx256m",
+		"-Dlog4j2.configurationFile="+filepath.Join(stateDir(tb), "kafka", "tools-log4j2.properties"),
+		"-cp", filepath.Join(stateDir(tb), "kafka", "libs", "*"),
+		filepath.Join(services.RepoRoot(tb), "internal", "kafkatest", "java", "TxProducer.java"),
+		Brokers()[0], topic, prefix, fmt.Sprintf("hold:%d:%s", n, gate))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		tb.Fatalf("kafkatest: start the transactional producer: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	for {
+		if _, err := os.Stat(gate + ".ready"); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			tb.Fatalf("kafkatest: the transactional producer exited before its transaction was written: %v\n%s", err, out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return func() {
+		tb.Helper()
+		if err := os.WriteFile(gate, nil, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			tb.Fatalf("kafkatest: the transactional producer: %v\n%s", err, out.String())
+		}
+		done <- nil // for the cleanup
+	}
 }
 
 // DeleteRecords deletes the records of a partition before offset, as

@@ -5,7 +5,9 @@
 //	java -cp 'libs/*' TxProducer.java BOOTSTRAP TOPIC PREFIX OP...
 //
 // Each OP is kind:count, kind one of plain (non-transactional records),
-// commit (a committed transaction) or abort (an aborted one). Record i has
+// commit (a committed transaction) or abort (an aborted one); hold:count:FILE
+// writes a transaction, creates FILE.ready, and commits once FILE exists (a
+// transaction left open while a test looks). Record i has
 // key k<i%3>, the header Idempotency-Key PREFIX-<i> and the value kind.
 import java.nio.charset.StandardCharsets;
 import java.util.Properties;
@@ -60,6 +62,19 @@ public class TxProducer {
 						} else {
 							tx.abortTransaction();
 						}
+						break;
+					case "hold":
+						tx.beginTransaction();
+						for (int j = 0; j < n; j++) {
+							tx.send(record(topic, prefix, seq++, "commit"));
+						}
+						tx.flush();
+						java.nio.file.Path go = java.nio.file.Path.of(op[2]);
+						java.nio.file.Files.createFile(java.nio.file.Path.of(op[2] + ".ready"));
+						while (!java.nio.file.Files.exists(go)) {
+							Thread.sleep(50);
+						}
+						tx.commitTransaction();
 						break;
 					default:
 						throw new IllegalArgumentException("unknown op " + args[i]);
