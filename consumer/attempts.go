@@ -18,11 +18,15 @@ import (
 // batch from here to there started once". If that row is still there at the
 // next assignment, an earlier owner started at this offset and never got
 // past it. Then, up to the end of that batch (or the last message an
-// earlier owner started alone), the partition runs one message at a time, and records each
-// attempt, committed, before the handler runs; a message whose recorded
-// attempts reach MaxAttempts without settling is dead-lettered as
-// process_died. Once past the offsets an earlier owner may have died on,
-// the partition runs in batches again.
+// earlier owner started alone), the partition runs one message at a time,
+// and records each attempt, committed, before the handler runs; a message
+// whose recorded attempts reach MaxAttempts without settling is
+// dead-lettered as process_died. Once past the offsets an earlier owner may have died on,
+// the partition runs in batches again. A member runs one such attempt at a
+// time across its partitions, so that a death is charged to the message
+// running alone, not also to a slow message of another partition that
+// happened to run beside it (a batch of a partition not under suspicion
+// still may run beside it).
 //
 // A message that kills the process is so dead-lettered after at most two
 // deaths in batches and MaxAttempts one at a time. An operator's SIGKILL

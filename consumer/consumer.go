@@ -100,6 +100,9 @@ type Consumer struct {
 	sql     queries
 	log     *slog.Logger
 	metrics *metrics
+	// alone is held by the one attempt of this member that runs while its
+	// process's death is being counted (attempts.go).
+	alone chan struct{}
 
 	mu      sync.Mutex
 	running bool
@@ -159,6 +162,7 @@ func newConsumer(cfg Config, handle func(context.Context, pgx.Tx, []Message) err
 		sql:     q,
 		log:     cfg.Logger.With("group", cfg.GroupID),
 		metrics: m,
+		alone:   make(chan struct{}, 1),
 	}, nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -74,9 +75,18 @@ func childMain() int {
 	}
 	apply := insertEffect(pgx.Identifier{schema, "effects"}.Sanitize())
 	exitOn, exits := strings.CutPrefix(os.Getenv("CHILD_HOOK"), "exit:")
+	// CHILD_SLOW=TOKEN: the handler of TOKEN takes 3s, and with exit: the
+	// handler that kills the process does so after 500ms.
+	slow := os.Getenv("CHILD_SLOW")
 	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
 		if exits && m.Token.String() == exitOn {
+			if slow != "" {
+				time.Sleep(500 * time.Millisecond)
+			}
 			os.Exit(3) // a handler that kills its process
+		}
+		if slow != "" && m.Token.String() == slow {
+			time.Sleep(3 * time.Second)
 		}
 		return apply(ctx, tx, m)
 	}))
@@ -195,6 +205,53 @@ func TestHandlerKillsProcess(t *testing.T) {
 	dl := deadLetters(t, b)
 	if want := consumer.ReasonProcessDied + ":" + strconv.Itoa(maxAttempts) + ":"; len(dl) != 1 || !strings.HasPrefix(dl["kill-120@120"], want) {
 		t.Fatalf("dead letters %v, want kill-120@120 with prefix %q", dl, want)
+	}
+}
+
+// TestDeathChargedAlone: a message whose handler kills the process while a
+// slow message of another partition runs is the only one dead-lettered. The
+// slow one was in flight at every death; with attempts running one per
+// partition at once, each death was charged to both, and both were
+// dead-lettered as process_died.
+func TestDeathChargedAlone(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 2)
+	const perPartition, maxAttempts = 10, 2
+	w := kafkatest.Writer(t, b.topic)
+	w.Balancer = kafka.BalancerFunc(func(m kafka.Message, partitions ...int) int {
+		return int(m.Key[0] - '0')
+	})
+	var ms []kafka.Message
+	for p, first := range []string{"killer", "slow"} {
+		for i := range perPartition {
+			tok := fmt.Sprintf("p%d-%d", p, i)
+			if i == 0 {
+				tok = first
+			}
+			ms = append(ms, kafka.Message{Key: []byte(strconv.Itoa(p)), Value: []byte(strconv.Itoa(i)),
+				Headers: []kafka.Header{{Key: "Idempotency-Key", Value: []byte(tok)}}})
+		}
+	}
+	kafkatest.Produce(t, w, ms...)
+	runs := 0
+	for committed(t, b.cfg.GroupID, b.topic) < 2*perPartition {
+		runs++
+		if runs > maxAttempts+4 {
+			t.Fatalf("%d runs and the group is still at %d: the message loops", runs-1, committed(t, b.cfg.GroupID, b.topic))
+		}
+		child := proctest.Start(t, "consumer", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic,
+			"CHILD_GROUP="+b.cfg.GroupID, "CHILD_HOOK=exit:killer", "CHILD_SLOW=slow", "CHILD_BATCH=50",
+			"CHILD_MAX_ATTEMPTS="+strconv.Itoa(maxAttempts))
+		if !child.Exited(60 * time.Second) {
+			waitCommitted(t, b, 2*perPartition)
+			child.Stop(10 * time.Second)
+		}
+	}
+	t.Logf("%d runs", runs)
+	checkEffects(t, b, 2*perPartition-1)
+	dl := deadLetters(t, b)
+	if len(dl) != 1 || !strings.HasPrefix(dl["killer@0"], consumer.ReasonProcessDied+":") {
+		t.Fatalf("dead letters %v, want only killer@0 (process_died)", dl)
 	}
 }
 

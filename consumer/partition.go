@@ -183,6 +183,15 @@ func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
 	if p.suspects.starts == nil {
 		return p.process(ctx, pending)
 	}
+	// One such attempt at a time in the whole member: a death is then
+	// charged to the one message running alone, not also to a slow one of
+	// another partition that happened to run beside it.
+	select {
+	case p.c.alone <- struct{}{}:
+		defer func() { <-p.c.alone }()
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 	it := pending[0]
 	if err := p.startAttempt(ctx, it); err != nil {
 		return 0, err
