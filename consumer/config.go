@@ -13,9 +13,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/sqlname"
+	"github.com/exactlyhq/exactly/internal/tracelog"
 )
 
 // Defaults of Config.
@@ -141,6 +143,12 @@ type Config struct {
 	Logger *slog.Logger
 	// MeterProvider receives metrics. Defaults to a no-op provider.
 	MeterProvider metric.MeterProvider
+	// TracerProvider receives spans: one per transaction attempt over a
+	// batch and one per message handled, skipped or dead-lettered, each a
+	// child of the producer's span from the message's traceparent header
+	// (tracing.go). The handler's ctx carries its message's span. Nil (the
+	// default): no spans, and no cost.
+	TracerProvider trace.TracerProvider
 	// Dialer connects to Kafka (TLS, SASL). Defaults to kafka.DefaultDialer.
 	Dialer *kafka.Dialer
 }
@@ -168,6 +176,7 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Logger = tracelog.New(c.Logger)
 	if c.Dialer == nil {
 		c.Dialer = kafka.DefaultDialer
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/inbox"
@@ -34,6 +35,7 @@ type Message struct {
 	Attempt int
 
 	store *inbox.Store // nil with Config.AtLeastOnce
+	span  trace.Span   // the message's span, with Config.TracerProvider
 }
 
 // ErrNoInbox is returned by Message.SetResult with Config.AtLeastOnce, which
@@ -100,6 +102,7 @@ type Consumer struct {
 	sql     queries
 	log     *slog.Logger
 	metrics *metrics
+	tracer  *tracer // nil without Config.TracerProvider
 	// alone is held by the one attempt of this member that runs while its
 	// process's death is being counted (attempts.go).
 	alone chan struct{}
@@ -115,6 +118,10 @@ func New(cfg Config, h Handler) (*Consumer, error) {
 	}
 	return newConsumer(cfg, func(ctx context.Context, tx pgx.Tx, msgs []Message) error {
 		for i, m := range msgs {
+			ctx := ctx
+			if m.span != nil {
+				ctx = trace.ContextWithSpan(ctx, m.span)
+			}
 			if err := callSafely(func() error { return h.Handle(ctx, tx, m) }); err != nil {
 				return &handlerError{index: i, err: err}
 			}
@@ -162,6 +169,7 @@ func newConsumer(cfg Config, handle func(context.Context, pgx.Tx, []Message) err
 		sql:     q,
 		log:     cfg.Logger.With("group", cfg.GroupID),
 		metrics: m,
+		tracer:  newTracer(cfg.TracerProvider, cfg.GroupID),
 		alone:   make(chan struct{}, 1),
 	}, nil
 }

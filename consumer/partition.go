@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/testhook"
@@ -54,10 +55,12 @@ type item struct {
 	msg      kafka.Message
 	token    inbox.Token
 	fp       []byte
-	reason   string // non-empty: dead-letter without handling
-	err      error  // why, for reason; or the handler's last error
-	attempts int    // handler failures so far
-	commitTo int64  // the offset to commit once it is settled
+	reason   string            // non-empty: dead-letter without handling
+	err      error             // why, for reason; or the handler's last error
+	attempts int               // handler failures so far
+	commitTo int64             // the offset to commit once it is settled
+	span     trace.Span        // the span of the attempt in progress, if traced
+	lastSpan trace.SpanContext // the span of its last attempt, for logs
 }
 
 func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, transport *kafka.Transport, topic string, a kafka.PartitionAssignment) *partition {
@@ -152,7 +155,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 		if errors.As(err, &he) && !isTransient(he.err) {
 			it := pending[0]
 			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "handler")))
-			p.log.Warn("handler failed; retrying message", "offset", it.msg.Offset, "attempt", it.attempts, "max_attempts", cfg.MaxAttempts, "backoff", wait, "err", he.err)
+			p.log.WarnContext(it.logContext(procCtx), "handler failed; retrying message", "offset", it.msg.Offset, "attempt", it.attempts, "max_attempts", cfg.MaxAttempts, "backoff", wait, "err", he.err)
 		} else {
 			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "transient")))
 			p.log.Warn("batch failed; retrying", "messages", len(pending), "from_offset", pending[0].msg.Offset, "backoff", wait, "err", err)
@@ -401,7 +404,7 @@ func (it *item) request() inbox.Request {
 }
 
 func (p *partition) message(it *item) Message {
-	m := Message{Message: it.msg, Token: it.token, Attempt: it.attempts + 1}
+	m := Message{Message: it.msg, Token: it.token, Attempt: it.attempts + 1, span: it.span}
 	if !p.c.cfg.AtLeastOnce {
 		m.store = p.c.inbox
 	}
@@ -427,6 +430,7 @@ func (p *partition) process(ctx context.Context, items []*item) (int, error) {
 		t   tally
 		err error
 	)
+	ctx, span := p.c.tracer.batch(ctx, p.topic, p.id, items)
 	if items[0].attempts == 0 {
 		t, err = p.optimistic(ctx, items)
 		var he *handlerError
@@ -443,6 +447,7 @@ func (p *partition) process(ctx context.Context, items []*item) (int, error) {
 	} else {
 		n, t, err = p.careful(ctx, items)
 	}
+	endBatch(span, n, err)
 	if n > 0 {
 		p.c.metrics.batchDuration.Record(ctx, time.Since(start).Seconds(), p.attrs)
 		p.count(ctx, t)
@@ -461,8 +466,15 @@ func (p *partition) count(ctx context.Context, t tally) {
 	}
 }
 
-func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error) {
-	var t tally
+func (p *partition) optimistic(ctx context.Context, items []*item) (t tally, err error) {
+	if p.c.tracer != nil {
+		defer func() {
+			if he := (*handlerError)(nil); errors.As(err, &he) && he.index >= 0 {
+				items[he.index].endSpan(he.err)
+			}
+			endSpans(items, err)
+		}()
+	}
 	tx, err := p.begin(ctx)
 	if err != nil {
 		return t, err
@@ -491,12 +503,16 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (tally, error
 		}
 		switch c := claims[j]; c.Outcome {
 		case inbox.Fresh:
+			p.c.tracer.message(ctx, it, "fresh")
 			fresh = append(fresh, p.message(it))
 			freshIdx = append(freshIdx, i)
 		case inbox.Duplicate:
 			t.duplicates++
+			p.c.tracer.message(ctx, it, "duplicate")
 			if p.c.cfg.OnDuplicate != nil {
 				dups = append(dups, duplicate{index: i, stored: c.Stored})
+			} else {
+				it.endSpan(nil)
 			}
 		case inbox.Conflict:
 			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
@@ -556,8 +572,15 @@ func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
 
 // careful settles items one savepoint at a time. It stops before a message
 // whose handler failed and may be retried, committing what came before it.
-func (p *partition) careful(ctx context.Context, items []*item) (int, tally, error) {
-	var t tally
+func (p *partition) careful(ctx context.Context, items []*item) (_ int, t tally, err error) {
+	if p.c.tracer != nil {
+		defer func() {
+			if errors.As(err, new(*handlerError)) {
+				err = nil // returned by commit: what came before it committed
+			}
+			endSpans(items, err)
+		}()
+	}
 	cfg := &p.c.cfg
 	tx, err := p.begin(ctx)
 	if err != nil {
@@ -607,6 +630,8 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 				return 0, t, fmt.Errorf("release savepoint: %w", err)
 			}
 			t.duplicates++
+			p.c.tracer.message(ctx, it, "duplicate")
+			it.endSpan(nil)
 			continue
 		case c.Outcome == inbox.Conflict:
 			if err := sp.Rollback(ctx); err != nil {
@@ -621,9 +646,19 @@ func (p *partition) careful(ctx context.Context, items []*item) (int, tally, err
 		}
 		var herr error
 		if duplicate {
+			p.c.tracer.message(ctx, it, "duplicate")
 			herr = p.onDuplicate(ctx, sp, it, c.Stored)
 		} else {
+			p.c.tracer.message(ctx, it, "fresh")
 			herr = p.c.handle(ctx, sp, []Message{p.message(it)})
+		}
+		if herr != nil {
+			var he *handlerError
+			if errors.As(herr, &he) {
+				it.endSpan(he.err)
+			} else {
+				it.endSpan(herr)
+			}
 		}
 		if herr == nil {
 			if err := sp.Commit(ctx); err != nil {
@@ -674,6 +709,9 @@ type duplicate struct {
 // delivery claimed and stored result with, recovering a panic.
 func (p *partition) onDuplicate(ctx context.Context, tx pgx.Tx, it *item, stored []byte) error {
 	m := p.message(it)
+	if it.span != nil {
+		ctx = trace.ContextWithSpan(ctx, it.span)
+	}
 	return callSafely(func() error { return p.c.cfg.OnDuplicate(ctx, tx, m, stored) })
 }
 
@@ -716,6 +754,13 @@ func conflictError(it *item, c inbox.Claimed) error {
 // row for its content, a row without the headers is stored instead, with the
 // refusal in its error text; only a transient failure is returned.
 func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
+	if p.c.tracer != nil {
+		it.endSpan(nil)
+		ctx = p.c.tracer.message(ctx, it, "dead_lettered")
+		it.span.SetAttributes(AttrDeadLetterReason.String(it.reason))
+		it.span.AddEvent("dead_lettered")
+		defer it.endSpan(fmt.Errorf("dead-lettered (%s): %w", it.reason, it.err))
+	}
 	var token *string
 	if !it.token.IsZero() {
 		s := it.token.String() // valid UTF-8 without NUL, whatever the token's bytes
@@ -758,14 +803,14 @@ func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 	err := insert(keys, values, rawKeys, errText)
 	var pgErr *pgconn.PgError
 	if err != nil && errors.As(err, &pgErr) && !isTransient(pgErr) {
-		p.log.Error("dead letter refused by Postgres; storing it without its headers", "offset", it.msg.Offset, "reason", it.reason, "err", err)
+		p.log.ErrorContext(ctx, "dead letter refused by Postgres; storing it without its headers", "offset", it.msg.Offset, "reason", it.reason, "err", err)
 		errText = storableText(fmt.Sprintf("%s (headers not stored: Postgres refused the row: %s)", errText, pgErr.Message))
 		err = insert([]string{}, [][]byte{}, nil, errText)
 	}
 	if err != nil {
 		return fmt.Errorf("dead-letter %s/%d/%d: %w", it.msg.Topic, it.msg.Partition, it.msg.Offset, err)
 	}
-	p.log.Warn("message dead-lettered", "offset", it.msg.Offset, "reason", it.reason, "attempts", it.attempts, "err", errText)
+	p.log.WarnContext(ctx, "message dead-lettered", "offset", it.msg.Offset, "reason", it.reason, "attempts", it.attempts, "err", errText)
 	return nil
 }
 
