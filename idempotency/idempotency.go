@@ -19,8 +19,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/tracelog"
 )
 
 // Defaults of Config.
@@ -93,6 +96,15 @@ type Config struct {
 	StoredHeaders []string
 	// Logger receives errors. Defaults to slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives metrics (MetricRequests, MetricStoredBytes).
+	// Defaults to a no-op provider.
+	MeterProvider metric.MeterProvider
+	// TracerProvider receives a span per request (continuing the caller's
+	// W3C traceparent, or a child of a server span started in front of the
+	// middleware), with the outcome and the key; the handler's ctx carries
+	// it, so an outbox.EnqueueTx there carries the trace on to Kafka. Nil
+	// (the default): no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Middleware makes HTTP handlers idempotent per key, endpoint and caller.
@@ -108,6 +120,7 @@ type Config struct {
 type Middleware struct {
 	cfg   Config
 	store *inbox.Store
+	tel   *telemetry
 }
 
 // New returns a Middleware. It does not touch the database; create the
@@ -138,6 +151,7 @@ func New(cfg Config) (*Middleware, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = tracelog.New(cfg.Logger)
 	switch {
 	case cfg.MaxKeyLen < 1 || cfg.MaxKeyLen > inbox.MaxTokenLen:
 		return nil, fmt.Errorf("idempotency: Config.MaxKeyLen: %d is not in 1..%d", cfg.MaxKeyLen, inbox.MaxTokenLen)
@@ -155,7 +169,11 @@ func New(cfg Config) (*Middleware, error) {
 	if err != nil {
 		return nil, fmt.Errorf("idempotency: %w", err)
 	}
-	return &Middleware{cfg: cfg, store: store}, nil
+	tel, err := newTelemetry(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("idempotency: metrics: %w", err)
+	}
+	return &Middleware{cfg: cfg, store: store, tel: tel}, nil
 }
 
 type txKey struct{}
@@ -182,89 +200,96 @@ func maxScopeLen(cfg Config) int { return maxKeyEntry - (cfg.MaxKeyLen + 1) }
 // Wrap returns h made idempotent.
 func (m *Middleware) Wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		keys := r.Header.Values(m.cfg.Header)
-		if len(keys) > 1 {
-			problem(w, http.StatusBadRequest, fmt.Sprintf("ambiguous %s: the request has %d %s headers; send exactly one", m.cfg.Header, len(keys), m.cfg.Header))
-			return
-		}
-		var key string
-		if len(keys) == 1 {
-			key = keys[0]
-		}
-		if key == "" && m.cfg.Optional {
-			m.serveWithoutKey(w, r, h)
-			return
-		}
-		if key == "" {
-			problem(w, http.StatusBadRequest, "missing "+m.cfg.Header+" header")
-			return
-		}
-		if len(key) > m.cfg.MaxKeyLen || !printable(key) {
-			problem(w, http.StatusBadRequest, fmt.Sprintf("%s must be 1 to %d printable ASCII characters", m.cfg.Header, m.cfg.MaxKeyLen))
-			return
-		}
-		tok, err := inbox.ParseToken(key)
-		if err != nil {
-			problem(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		// The path goes into the key's scope (a text column, part of an
-		// index) when the route has no pattern.
-		if len(r.URL.Path) > m.cfg.MaxPathLen {
-			problem(w, http.StatusRequestURITooLong, fmt.Sprintf("the request path is longer than %d bytes", m.cfg.MaxPathLen))
-			return
-		}
-		if !isText(r.URL.Path, true) {
-			problem(w, http.StatusBadRequest, "the request path must be UTF-8 text without control characters (such as %00 or %0A)")
-			return
-		}
-		caller, err := m.cfg.Caller(r)
-		if err != nil {
-			problem(w, http.StatusUnauthorized, "unauthenticated")
-			return
-		}
-		// The scope keeps keys of different endpoints and callers apart. An
-		// endpoint has no newline, so the first one separates the two.
-		endpoint := m.cfg.Endpoint(r)
-		switch {
-		case !isText(endpoint, false) || strings.Contains(endpoint, "\n"):
-			problem(w, http.StatusBadRequest, "the request's method and path must be UTF-8 text without NUL or line breaks")
-			return
-		case !isText(caller, false):
-			problem(w, http.StatusBadRequest, "the caller's identity must be UTF-8 text without NUL")
-			return
-		case len(endpoint)+1+len(caller) > maxScopeLen(m.cfg):
-			problem(w, http.StatusBadRequest, fmt.Sprintf("the request's method and path (%d bytes) and the caller's identity (%d bytes) are too long to store with a key: at most %d bytes together",
-				len(endpoint), len(caller), maxScopeLen(m.cfg)-1))
-			return
-		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, m.cfg.MaxBodyBytes+1))
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) { // a limit set in front of the middleware
-			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", tooLarge.Limit))
-			return
-		}
-		if err != nil {
-			problem(w, http.StatusBadRequest, "cannot read body: "+err.Error())
-			return
-		}
-		if int64(len(body)) > m.cfg.MaxBodyBytes {
-			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", m.cfg.MaxBodyBytes))
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		store := m.store.WithScope(endpoint + "\n" + caller)
-		fp := fingerprint(r, body)
-		m.serve(w, r, h, store, tok, fp)
+		ctx, span := m.tel.start(r)
+		sw := &statusWriter{ResponseWriter: w}
+		outcome := m.handle(sw, r.WithContext(ctx), h)
+		m.tel.finish(ctx, span, outcome, cmp.Or(sw.status, http.StatusOK))
 	})
 }
 
-func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handler, store *inbox.Store, tok inbox.Token, fp []byte) {
+// handle answers r and returns what became of it (outcome…).
+func (m *Middleware) handle(w http.ResponseWriter, r *http.Request, h http.Handler) string {
+	keys := r.Header.Values(m.cfg.Header)
+	if len(keys) > 1 {
+		problem(w, http.StatusBadRequest, fmt.Sprintf("ambiguous %s: the request has %d %s headers; send exactly one", m.cfg.Header, len(keys), m.cfg.Header))
+		return outcomeInvalidKey
+	}
+	var key string
+	if len(keys) == 1 {
+		key = keys[0]
+	}
+	if key == "" && m.cfg.Optional {
+		return m.serveWithoutKey(w, r, h)
+	}
+	if key == "" {
+		problem(w, http.StatusBadRequest, "missing "+m.cfg.Header+" header")
+		return outcomeMissingKey
+	}
+	if len(key) > m.cfg.MaxKeyLen || !printable(key) {
+		problem(w, http.StatusBadRequest, fmt.Sprintf("%s must be 1 to %d printable ASCII characters", m.cfg.Header, m.cfg.MaxKeyLen))
+		return outcomeInvalidKey
+	}
+	tok, err := inbox.ParseToken(key)
+	if err != nil {
+		problem(w, http.StatusBadRequest, err.Error())
+		return outcomeInvalidKey
+	}
+	// The path goes into the key's scope (a text column, part of an
+	// index) when the route has no pattern.
+	if len(r.URL.Path) > m.cfg.MaxPathLen {
+		problem(w, http.StatusRequestURITooLong, fmt.Sprintf("the request path is longer than %d bytes", m.cfg.MaxPathLen))
+		return outcomeInvalidRequest
+	}
+	if !isText(r.URL.Path, true) {
+		problem(w, http.StatusBadRequest, "the request path must be UTF-8 text without control characters (such as %00 or %0A)")
+		return outcomeInvalidRequest
+	}
+	caller, err := m.cfg.Caller(r)
+	if err != nil {
+		problem(w, http.StatusUnauthorized, "unauthenticated")
+		return outcomeUnauthenticated
+	}
+	// The scope keeps keys of different endpoints and callers apart. An
+	// endpoint has no newline, so the first one separates the two.
+	endpoint := m.cfg.Endpoint(r)
+	switch {
+	case !isText(endpoint, false) || strings.Contains(endpoint, "\n"):
+		problem(w, http.StatusBadRequest, "the request's method and path must be UTF-8 text without NUL or line breaks")
+		return outcomeInvalidRequest
+	case !isText(caller, false):
+		problem(w, http.StatusBadRequest, "the caller's identity must be UTF-8 text without NUL")
+		return outcomeInvalidRequest
+	case len(endpoint)+1+len(caller) > maxScopeLen(m.cfg):
+		problem(w, http.StatusBadRequest, fmt.Sprintf("the request's method and path (%d bytes) and the caller's identity (%d bytes) are too long to store with a key: at most %d bytes together",
+			len(endpoint), len(caller), maxScopeLen(m.cfg)-1))
+		return outcomeInvalidRequest
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, m.cfg.MaxBodyBytes+1))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) { // a limit set in front of the middleware
+		problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", tooLarge.Limit))
+		return outcomeInvalidRequest
+	}
+	if err != nil {
+		problem(w, http.StatusBadRequest, "cannot read body: "+err.Error())
+		return outcomeInvalidRequest
+	}
+	if int64(len(body)) > m.cfg.MaxBodyBytes {
+		problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", m.cfg.MaxBodyBytes))
+		return outcomeInvalidRequest
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	store := m.store.WithScope(endpoint + "\n" + caller)
+	fp := fingerprint(r, body)
+	return m.serve(w, r, h, store, tok, fp)
+}
+
+func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handler, store *inbox.Store, tok inbox.Token, fp []byte) string {
 	ctx := r.Context()
 	tx, err := m.cfg.Pool.Begin(ctx)
 	if err != nil {
 		m.internal(w, r, "begin", err)
-		return
+		return outcomeError
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	// A claim of a key whose first request is still running waits on the
@@ -272,25 +297,25 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	wait := max(m.cfg.InFlightWait, time.Millisecond)
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(wait.Milliseconds(), 10)+"ms"); err != nil {
 		m.internal(w, r, "set lock_timeout", err)
-		return
+		return outcomeError
 	}
 	c, err := store.Claim(ctx, tx, inbox.Request{Token: tok, Fingerprint: fp})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
 		w.Header().Set("Retry-After", "1")
 		problem(w, http.StatusConflict, "a request with this "+m.cfg.Header+" is still being processed")
-		return
+		return outcomeInFlight
 	}
 	if err != nil {
 		m.internal(w, r, "claim", err)
-		return
+		return outcomeError
 	}
 	switch c.Outcome {
 	case inbox.Duplicate:
 		var s stored
 		if err := json.Unmarshal(c.Stored, &s); err != nil {
 			m.internal(w, r, "decode stored response", err)
-			return
+			return outcomeError
 		}
 		status := s.Status
 		if status == 0 {
@@ -301,9 +326,9 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 		if status < 100 || status > 999 {
 			// Stored by versions that took any WriteHeader code; net/http
 			// panicked on it after the commit.
-			m.cfg.Logger.Error("idempotency: stored response has an invalid status", "status", s.Status, "endpoint", m.cfg.Endpoint(r))
+			m.cfg.Logger.ErrorContext(ctx, "idempotency: stored response has an invalid status", "status", s.Status, "endpoint", m.cfg.Endpoint(r))
 			problem(w, http.StatusInternalServerError, fmt.Sprintf("the response stored for this %s has an invalid status (%d); the request was carried out", m.cfg.Header, s.Status))
-			return
+			return outcomeError
 		}
 		for k, vs := range s.Headers {
 			w.Header()[k] = vs
@@ -311,28 +336,28 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 		w.Header().Set(ReplayedHeader, "true")
 		w.WriteHeader(status)
 		_, _ = w.Write(s.Body)
-		return
+		return outcomeReplayed
 	case inbox.Conflict:
 		problem(w, http.StatusUnprocessableEntity, "this "+m.cfg.Header+" was used with a different request")
-		return
+		return outcomeMismatch
 	}
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', '0', true)"); err != nil {
 		m.internal(w, r, "reset lock_timeout", err)
-		return
+		return outcomeError
 	}
 	rec := &recorder{header: http.Header{}, limit: m.cfg.MaxResponseBytes}
 	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
 		m.internal(w, r, "handler", errors.New("panicked"))
-		return
+		return outcomeError
 	}
 	switch {
 	case rec.overflow:
-		m.cfg.Logger.Error("idempotency: response too large to store; rolled back", "limit", m.cfg.MaxResponseBytes, "endpoint", m.cfg.Endpoint(r))
+		m.cfg.Logger.ErrorContext(ctx, "idempotency: response too large to store; rolled back", "limit", m.cfg.MaxResponseBytes, "endpoint", m.cfg.Endpoint(r))
 		problem(w, http.StatusInternalServerError, fmt.Sprintf("response larger than %d bytes cannot be stored for replay; nothing was done", m.cfg.MaxResponseBytes))
-		return
+		return outcomeError
 	case rec.status >= 500:
 		rec.flush(w) // rolled back by the deferred Rollback: a retry runs again
-		return
+		return outcomeHandlerError
 	}
 	// A handler that wrote nothing was answered 200 by net/http.
 	s := stored{Status: cmp.Or(rec.status, http.StatusOK), Headers: map[string][]string{}, Body: rec.body.Bytes()}
@@ -344,39 +369,44 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	raw, err := json.Marshal(s)
 	if err != nil {
 		m.internal(w, r, "encode response", err)
-		return
+		return outcomeError
 	}
 	if err := store.SetResult(ctx, tx, tok, raw); err != nil {
 		m.internal(w, r, "store response", err)
-		return
+		return outcomeError
 	}
 	if err := tx.Commit(ctx); err != nil {
 		m.internal(w, r, "commit", err)
-		return
+		return outcomeError
 	}
+	m.tel.stored(ctx, len(raw))
 	rec.flush(w)
+	return outcomeFirst
 }
 
-func (m *Middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request, h http.Handler) {
+func (m *Middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request, h http.Handler) string {
 	ctx := r.Context()
 	tx, err := m.cfg.Pool.Begin(ctx)
 	if err != nil {
 		m.internal(w, r, "begin", err)
-		return
+		return outcomeError
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
 	rec := &recorder{header: http.Header{}, limit: int(m.cfg.MaxBodyBytes) + m.cfg.MaxResponseBytes}
 	if !m.run(rec, r.WithContext(context.WithValue(ctx, txKey{}, tx)), h) {
 		m.internal(w, r, "handler", errors.New("panicked"))
-		return
+		return outcomeError
 	}
-	if rec.status < 500 {
-		if err := tx.Commit(ctx); err != nil {
-			m.internal(w, r, "commit", err)
-			return
-		}
+	if rec.status >= 500 {
+		rec.flush(w) // rolled back
+		return outcomeHandlerError
+	}
+	if err := tx.Commit(ctx); err != nil {
+		m.internal(w, r, "commit", err)
+		return outcomeError
 	}
 	rec.flush(w)
+	return outcomeNoKey
 }
 
 // run calls h and reports false if it panicked.
@@ -386,7 +416,7 @@ func (m *Middleware) run(w http.ResponseWriter, r *http.Request, h http.Handler)
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			m.cfg.Logger.Error("idempotency: handler panicked; rolled back", "panic", v)
+			m.cfg.Logger.ErrorContext(r.Context(), "idempotency: handler panicked; rolled back", "panic", v)
 			ok = false
 		}
 	}()
@@ -398,9 +428,9 @@ func (m *Middleware) internal(w http.ResponseWriter, r *http.Request, what strin
 	if r.Context().Err() != nil {
 		// The client went away: nobody reads the answer, and the
 		// transaction rolled back (or its outcome will be replayed).
-		m.cfg.Logger.Debug("idempotency: "+what+" abandoned by the client", "err", err)
+		m.cfg.Logger.DebugContext(r.Context(), "idempotency: "+what+" abandoned by the client", "err", err)
 	} else {
-		m.cfg.Logger.Error("idempotency: "+what+" failed", "err", err)
+		m.cfg.Logger.ErrorContext(r.Context(), "idempotency: "+what+" failed", "err", err)
 	}
 	detail := "internal error; nothing was done, retry with the same key"
 	if what == "commit" {
