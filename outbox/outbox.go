@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/inbox"
@@ -79,6 +80,11 @@ type Config struct {
 	// published, then dead-lettered as too_large. Defaults to 1 MiB
 	// (MaxMessageBytesDefault).
 	MaxMessageBytes int
+	// TracerProvider receives a span per EnqueueTx call ("create TOPIC", a
+	// producer span, child of ctx's span), whose context the messages
+	// carry in their traceparent header. Nil (the default): no span, and
+	// the messages carry ctx's trace context.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -182,6 +188,7 @@ type Message struct {
 type Outbox struct {
 	cfg        Config
 	sql        queries
+	tracer     trace.Tracer // nil without Config.TracerProvider
 	lastNotify atomic.Int64 // unix nanoseconds
 }
 
@@ -196,7 +203,11 @@ func New(cfg Config) (*Outbox, error) {
 	if err := sqltmpl.Load(queryFS, "sql", cfg.vars(), &q); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	return &Outbox{cfg: cfg, sql: q}, nil
+	o := &Outbox{cfg: cfg, sql: q}
+	if cfg.TracerProvider != nil {
+		o.tracer = cfg.TracerProvider.Tracer(instrumentation)
+	}
+	return o, nil
 }
 
 // Config returns the configuration with defaults applied.
@@ -216,8 +227,10 @@ type header struct {
 
 // EnqueueTx adds msgs to the outbox inside tx, in one round trip, and returns
 // their message ids. They are published if and only if tx commits, each
-// with its id in the HeaderMessageID header. Trace context in ctx (from the
-// global OpenTelemetry propagator) is added to their headers.
+// with its id in the HeaderMessageID header. Trace context is added to their
+// headers: W3C traceparent (which consumers read) and whatever else the
+// global OpenTelemetry propagator writes, of the span Config.TracerProvider
+// starts for the call, or else of ctx's span.
 //
 // It refuses the whole call, enqueuing nothing, when a message is invalid
 // (an error wrapping ErrInvalidMessage naming the message and what is wrong:
@@ -230,8 +243,15 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 	if len(msgs) > MaxEnqueue {
 		return nil, fmt.Errorf("%w: %d messages in one call, more than %d", ErrInvalidMessage, len(msgs), MaxEnqueue)
 	}
+	ctx, span := o.startCreate(ctx, msgs)
+	ids, err := o.enqueue(ctx, tx, msgs)
+	o.endCreate(span, ids, err)
+	return ids, err
+}
+
+func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []Message) ([]string, error) {
 	carrier := propagation.MapCarrier{}
-	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	propagation.NewCompositeTextMapPropagator(otel.GetTextMapPropagator(), propagation.TraceContext{}).Inject(ctx, carrier)
 
 	shards := make([]int32, len(msgs))
 	ids := make([]string, len(msgs))
