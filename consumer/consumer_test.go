@@ -474,3 +474,38 @@ func TestShutdownFinishesSiblings(t *testing.T) {
 		t.Fatalf("committed %d after shutdown, want 2", got)
 	}
 }
+
+// TestConflictWithRolledBackClaim: a token used twice in one batch with
+// different payloads, whose first message is dead-lettered, is applied with
+// the second: the first's claim did not commit, as it would not have in a
+// batch of its own. (The conflict found in the rolled-back optimistic pass
+// was kept, and the second message dead-lettered as token_conflict for a
+// token nothing had applied.)
+func TestConflictWithRolledBackClaim(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	tok := func(s string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}} }
+	kafkatest.Produce(t, b.writer,
+		kafka.Message{Key: []byte("k"), Value: []byte("0"), Headers: tok("before")},
+		kafka.Message{Key: []byte("k"), Value: []byte("fail"), Headers: tok("twice")},
+		kafka.Message{Key: []byte("k"), Value: []byte("1"), Headers: tok("twice")},
+		kafka.Message{Key: []byte("k"), Value: []byte("2"), Headers: tok("after")},
+	)
+	apply := insertEffect(b.effects)
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if string(m.Value) == "fail" {
+			return consumer.Permanent(errors.New("cannot ever work"))
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	waitCommitted(t, b, 4)
+	checkEffects(t, b, 3)
+	dl := deadLetters(t, b)
+	if len(dl) != 1 || !strings.HasPrefix(dl["twice@1"], consumer.ReasonPermanent+":") {
+		t.Fatalf("dead letters %v, want only twice@1 (permanent)", dl)
+	}
+}

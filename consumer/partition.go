@@ -495,6 +495,16 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (t tally, err
 	freshIdx := make([]int, 0, len(reqs))
 	var dead []*item
 	var dups []duplicate // only with Config.OnDuplicate
+	// A conflict may be with a claim of this transaction: should it roll
+	// back, the next attempt claims again and judges afresh.
+	var conflicts []*item
+	defer func() {
+		if err != nil {
+			for _, it := range conflicts {
+				it.reason, it.err = "", nil
+			}
+		}
+	}()
 	j := 0
 	for i, it := range items {
 		if it.reason != "" {
@@ -517,6 +527,7 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (t tally, err
 		case inbox.Conflict:
 			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
 			dead = append(dead, it)
+			conflicts = append(conflicts, it)
 		}
 		j++
 	}
