@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
+	"github.com/exactlyhq/exactly/internal/retry"
 )
 
 // Relay publishes outbox rows to Kafka. Run any number of relays for one
@@ -227,22 +228,8 @@ func splitAddr(a interface{ String() string }) []string {
 	return out
 }
 
+// newBackoff is the retry policy of failed publishes and of the LISTEN
+// connection: from RetryInitial to RetryMax, never giving up.
 func (r *Relay) newBackoff() *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = r.cfg.RetryInitial
-	bo.MaxInterval = r.cfg.RetryMax
-	bo.MaxElapsedTime = 0 // outages are waited out, never given up on
-	bo.Reset()
-	return bo
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return retry.NewBackoff(r.cfg.RetryInitial, r.cfg.RetryMax)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/exactlyhq/exactly/internal/retry"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -36,7 +37,7 @@ func (r *Relay) listen(ctx context.Context, wakes []chan struct{}) {
 		}
 		wait := bo.NextBackOff()
 		r.log.Warn("LISTEN connection lost; polling until it is back", "err", err, "backoff", wait)
-		if !sleep(ctx, wait) {
+		if !retry.Sleep(ctx, wait) {
 			return
 		}
 	}
@@ -66,7 +67,7 @@ func (r *Relay) listenOnce(ctx context.Context, wakeAll func(), bo backoff.BackO
 func (r *Relay) runShard(ctx, work context.Context, shard int, wake <-chan struct{}) {
 	log := r.log.With("shard", shard)
 	// Spread the first lock attempts of relays started together.
-	if !sleep(ctx, time.Duration(rand.Int64N(int64(r.cfg.LockInterval)/4+1))) {
+	if !retry.Sleep(ctx, time.Duration(rand.Int64N(int64(r.cfg.LockInterval)/4+1))) {
 		return
 	}
 	for ctx.Err() == nil {
@@ -75,7 +76,7 @@ func (r *Relay) runShard(ctx, work context.Context, shard int, wake <-chan struc
 			log.Warn("cannot try the shard lock", "err", err)
 		}
 		if conn == nil {
-			if !sleep(ctx, r.cfg.LockInterval) {
+			if !retry.Sleep(ctx, r.cfg.LockInterval) {
 				return
 			}
 			continue
@@ -90,7 +91,7 @@ func (r *Relay) runShard(ctx, work context.Context, shard int, wake <-chan struc
 			return
 		}
 		log.Warn("shard released after an error; retaking it", "err", err)
-		if !sleep(ctx, r.cfg.RetryInitial) {
+		if !retry.Sleep(ctx, r.cfg.RetryInitial) {
 			return
 		}
 	}
@@ -202,7 +203,7 @@ func (r *Relay) round(ctx, work context.Context, conn *pgx.Conn, shard int, wake
 		if transient != nil {
 			wait := bo.NextBackOff()
 			log.Warn("publish failed; rows stay in the outbox", "rows", len(rows), "backoff", wait, "err", transient)
-			if !sleep(ctx, wait) {
+			if !retry.Sleep(ctx, wait) {
 				return nil
 			}
 			return nil
