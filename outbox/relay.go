@@ -71,13 +71,18 @@ func NewRelay(pool *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
 	return r, nil
 }
 
+// ErrRunning is returned by Run when the Relay is already running.
+var ErrRunning = errors.New("outbox: relay already running")
+
 // Run publishes until ctx ends, then finishes in-flight rounds (within
 // ShutdownTimeout) and returns nil. It returns an error at once when
-// Postgres, the table or Kafka is unreachable at start; later outages are
-// retried with backoff and logged.
+// Postgres, the table or Kafka is unreachable at start (checked within
+// StartupTimeout); later outages are retried with backoff and logged. A
+// Relay runs once at a time: Run returns ErrRunning while another Run of it
+// has not returned.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
-		return errors.New("outbox: relay already running")
+		return ErrRunning
 	}
 	defer r.running.Store(false)
 	if ctx.Err() != nil {
@@ -153,8 +158,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	return nil
 }
 
+// preflight fails fast, within StartupTimeout, on a configuration that
+// cannot work: Postgres unreachable, the table missing or not migrated, no
+// broker answering.
 func (r *Relay) preflight(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.StartupTimeout)
 	defer cancel()
 	if err := r.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("outbox: Postgres unreachable: %w", err)
@@ -176,7 +184,7 @@ func (r *Relay) preflight(ctx context.Context) error {
 		return err
 	}
 	// Probe with the writer's own TLS and SASL settings.
-	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
+	dialer := &kafka.Dialer{Timeout: r.cfg.StartupTimeout}
 	if t, ok := r.writer.Transport.(*kafka.Transport); ok {
 		dialer.TLS, dialer.SASLMechanism, dialer.DialFunc = t.TLS, t.SASL, t.Dial
 	}

@@ -24,6 +24,7 @@ const (
 	LockIntervalDefault    = time.Second
 	RoundTimeoutDefault    = time.Minute
 	ShutdownTimeoutDefault = 10 * time.Second
+	StartupTimeoutDefault  = 10 * time.Second
 	PruneIntervalDefault   = time.Minute
 	PruneBatchSizeDefault  = 1000
 )
@@ -103,6 +104,9 @@ type RelayConfig struct {
 	// ShutdownTimeout bounds how long Run spends finishing in-flight rounds
 	// after its context ends. Defaults to 10s.
 	ShutdownTimeout time.Duration
+	// StartupTimeout bounds Run's initial checks that Postgres, the table
+	// and Kafka are reachable. Defaults to 10s.
+	StartupTimeout time.Duration
 	// Logger receives structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives metrics. Defaults to a no-op provider.
@@ -123,6 +127,7 @@ func (c RelayConfig) withDefaults() RelayConfig {
 	c.PruneInterval = cmp.Or(c.PruneInterval, PruneIntervalDefault)
 	c.PruneBatchSize = cmp.Or(c.PruneBatchSize, PruneBatchSizeDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
+	c.StartupTimeout = cmp.Or(c.StartupTimeout, StartupTimeoutDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -154,7 +159,7 @@ func (c RelayConfig) validate() error {
 	}
 	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "LingerPoll": c.LingerPoll,
 		"RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax, "LockInterval": c.LockInterval, "KeepPublished": c.KeepPublished,
-		"PruneInterval": c.PruneInterval, "ShutdownTimeout": c.ShutdownTimeout} {
+		"PruneInterval": c.PruneInterval, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("outbox: RelayConfig.%s: negative duration %v", name, d))
 		}
