@@ -228,7 +228,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 			continue
 		}
 		r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
-		if rejections[x.id] >= r.cfg.MaxAttempts {
+		if rejections[x.id] >= r.cfg.MaxRejections {
 			if _, err := conn.Exec(ctx, r.ob.sql.DeadLetter, x.id, reason, e.Error()); err != nil {
 				return nil, fmt.Errorf("dead-letter row %d: %w", x.id, err)
 			}
@@ -241,7 +241,7 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 		}
 		wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections[x.id], 20))
 		blocked[k] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
-		log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections[x.id], "max_attempts", r.cfg.MaxAttempts, "retry_in", wait, "err", e)
+		log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections[x.id], "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
 	}
 	return transient, nil
 }

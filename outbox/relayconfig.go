@@ -18,7 +18,7 @@ const (
 	PollIntervalDefault    = 500 * time.Millisecond
 	LingerDefault          = 100 * time.Millisecond
 	LingerPollDefault      = 2 * time.Millisecond
-	MaxAttemptsDefault     = 10
+	MaxRejectionsDefault   = 10
 	RetryInitialDefault    = 100 * time.Millisecond
 	RetryMaxDefault        = 10 * time.Second
 	LockIntervalDefault    = time.Second
@@ -68,16 +68,17 @@ type RelayConfig struct {
 	// both off: the relay then only wakes on notifications and PollInterval,
 	// like a plain polling relay.
 	Linger, LingerPoll time.Duration
-	// MaxAttempts is how often Kafka may reject a row for a reason retrying
-	// may not fix (too large, unknown topic) before it moves to the
-	// dead-letter table. The row's rejections column counts these; its
-	// attempts column counts every failed publish. Failures while Kafka is
-	// unreachable never count, so an outage dead-letters nothing, however
-	// long it lasts. An unknown topic does count: a topic the brokers do not
-	// know through MaxAttempts retries of its row (about 40s at the default
-	// backoff) dead-letters the row; replay it once the topic exists
-	// (`exactly outbox-dead-letters replay`). Defaults to 10.
-	MaxAttempts int
+	// MaxRejections is how many times Kafka may reject one row, for a
+	// reason retrying may not fix (too large, unknown topic), before the
+	// row moves to the dead-letter table. The row's rejections column
+	// counts these; its attempts column counts every failed publish.
+	// Failures while Kafka is unreachable are no rejections, so an outage
+	// dead-letters nothing, however long it lasts. An unknown topic is one:
+	// a topic the brokers do not know through MaxRejections retries of its
+	// row (about 40s at the default backoff) dead-letters the row; replay it
+	// once the topic exists (`exactly outbox-dead-letters replay`).
+	// Defaults to 10; 1 dead-letters a row at its first rejection.
+	MaxRejections int
 	// RetryInitial and RetryMax bound the backoff after failed publishes.
 	// Default to 100ms and 10s.
 	RetryInitial, RetryMax time.Duration
@@ -119,7 +120,7 @@ func (c RelayConfig) withDefaults() RelayConfig {
 	c.PollInterval = cmp.Or(c.PollInterval, PollIntervalDefault)
 	c.Linger = cmp.Or(c.Linger, LingerDefault)
 	c.LingerPoll = cmp.Or(c.LingerPoll, LingerPollDefault)
-	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.MaxRejections = cmp.Or(c.MaxRejections, MaxRejectionsDefault)
 	c.RetryInitial = cmp.Or(c.RetryInitial, RetryInitialDefault)
 	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
 	c.LockInterval = cmp.Or(c.LockInterval, LockIntervalDefault)
@@ -151,8 +152,8 @@ func (c RelayConfig) validate() error {
 	if c.BatchSize < 1 || c.BatchSize > MaxEnqueue {
 		errs = append(errs, fmt.Errorf("outbox: RelayConfig.BatchSize: %d is not in 1..%d", c.BatchSize, MaxEnqueue))
 	}
-	if c.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("outbox: RelayConfig.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))
+	if c.MaxRejections < 1 {
+		errs = append(errs, fmt.Errorf("outbox: RelayConfig.MaxRejections: must be at least 1, got %d", c.MaxRejections))
 	}
 	if c.Linger < -1 {
 		errs = append(errs, fmt.Errorf("outbox: RelayConfig.Linger: %v; use -1 to turn lingering off", c.Linger))
