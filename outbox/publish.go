@@ -130,24 +130,37 @@ func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ..
 // acknowledged rows are removed (or marked), failed rows record the failure.
 // It returns the error of a transient failure, after which the caller backs
 // off, and an error only when the database could not record the outcome.
+//
+// The steps: build the messages, keep the prefix one write holds, write
+// them, find which failed rows are to blame (isolateFailures), settle the
+// published rows, then the failed ones.
 func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, rows []row, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
 	msgs, err := kafkaMessages(rows)
 	if err != nil {
 		return nil, err
 	}
-	if n := pub.fit(msgs); n < len(msgs) {
-		rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
-	}
+	n := pub.fit(msgs)
+	rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
 	errs := pub.write(ctx, msgs)
-	// Settle failures in id order (rows come sorted by id). A row whose key
-	// has an earlier row failing in this write keeps its error without
-	// counting a rejection: it failed for sharing that row's write, and
-	// publishing it now would overtake that row. Kafka rejects a partition's
-	// whole record batch for one record too large, and kafka-go fails a
-	// write's other messages with an unknown topic's error, so a rejected row
-	// that is first of its key is published again alone, once: only the
-	// culprit counts a rejection and blocks its key.
-	behind := make([]bool, len(rows))
+	behind := pub.isolateFailures(ctx, rows, msgs, errs)
+	if err := r.settlePublished(ctx, conn, rows, errs, blocked); err != nil {
+		return nil, err
+	}
+	return r.settleFailures(ctx, conn, rows, errs, behind, blocked, log)
+}
+
+// isolateFailures finds, in id order (rows come sorted by id), the failed
+// rows that are to blame, and returns which failed rows are behind: a row
+// whose key has an earlier row failing in this write keeps its error
+// without counting a rejection, since it failed for sharing that row's
+// write, and publishing it now would overtake that row. Kafka rejects a
+// partition's whole record batch for one record too large, and kafka-go
+// fails a write's other messages with an unknown topic's error, so a
+// rejected row that is first of its key is published again alone, once,
+// and errs[i] becomes the outcome: only the culprit counts a rejection and
+// blocks its key.
+func (p publisher) isolateFailures(ctx context.Context, rows []row, msgs []kafka.Message, errs []error) (behind []bool) {
+	behind = make([]bool, len(rows))
 	failedKey := map[string]bool{}
 	for i, x := range rows {
 		k := string(x.key)
@@ -159,48 +172,92 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 			continue
 		}
 		if len(rows) > 1 && permanentReason(errs[i]) != "" {
-			errs[i] = pub.write(ctx, msgs[i:i+1])[0]
+			errs[i] = p.write(ctx, msgs[i:i+1])[0]
 		}
 		failedKey[k] = errs[i] != nil
 	}
+	return behind
+}
 
-	var okIDs, failIDs []int64
-	var failTexts []string
-	var rejected []bool
+// settlePublished records the latency of the rows Kafka acknowledged,
+// deletes them (or marks them published, with KeepPublished) and unblocks
+// the keys whose blocked row was among them.
+func (r *Relay) settlePublished(ctx context.Context, conn *pgx.Conn, rows []row, errs []error, blocked map[string]*blockedKey) error {
+	var ids []int64
 	now := time.Now()
 	for i, x := range rows {
 		if errs[i] == nil {
-			okIDs = append(okIDs, x.id)
+			ids = append(ids, x.id)
 			r.latency.Record(ctx, now.Sub(x.createdAt).Seconds(), r.attrs)
-		} else {
-			failIDs = append(failIDs, x.id)
-			failTexts = append(failTexts, errs[i].Error())
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	testhook.Run("outbox.after-publish")
+	q := r.ob.sql.Delete
+	if r.cfg.KeepPublished > 0 {
+		q = r.ob.sql.MarkPublished
+	}
+	if _, err := conn.Exec(ctx, q, ids); err != nil {
+		return fmt.Errorf("remove %d published rows (they will be published again): %w", len(ids), err)
+	}
+	r.published.Add(ctx, int64(len(ids)), r.attrs)
+	for i, x := range rows {
+		if errs[i] == nil && isBlockedHead(blocked, x) {
+			delete(blocked, string(x.key))
+		}
+	}
+	return nil
+}
+
+// settleFailures records every failed row's failure, then acts on each row
+// to blame: a transient failure backs off, a rejection blocks the row's
+// key or, the MaxRejections-th time, dead-letters the row. Rows behind
+// another row of their key only record their error. It returns the last
+// transient failure's error.
+func (r *Relay) settleFailures(ctx context.Context, conn *pgx.Conn, rows []row, errs []error, behind []bool, blocked map[string]*blockedKey, log *slog.Logger) (transient, err error) {
+	rejections, err := r.recordFailures(ctx, conn, rows, errs, behind)
+	if err != nil {
+		return nil, err
+	}
+	for i, x := range rows {
+		e := errs[i]
+		if e == nil || behind[i] {
+			continue // published, or waiting behind its key's failing row
+		}
+		reason := permanentReason(e)
+		if reason == "" {
+			r.transientFailure(ctx, x, blocked)
+			transient = e
+			continue
+		}
+		if err := r.rejected(ctx, conn, x, e, reason, rejections[x.id], blocked, log); err != nil {
+			return nil, err
+		}
+	}
+	return transient, nil
+}
+
+// recordFailures records the error of every failed row, counting a
+// rejection for the rows Kafka refused that are not behind another row of
+// their key, and returns each failed row's rejections so far, by id.
+func (r *Relay) recordFailures(ctx context.Context, conn *pgx.Conn, rows []row, errs []error, behind []bool) (map[int64]int, error) {
+	var ids []int64
+	var texts []string
+	var rejected []bool
+	for i, x := range rows {
+		if errs[i] != nil {
+			ids = append(ids, x.id)
+			texts = append(texts, errs[i].Error())
 			rejected = append(rejected, !behind[i] && permanentReason(errs[i]) != "")
 		}
 	}
-	if len(okIDs) > 0 {
-		testhook.Run("outbox.after-publish")
-		q := r.ob.sql.Delete
-		if r.cfg.KeepPublished > 0 {
-			q = r.ob.sql.MarkPublished
-		}
-		if _, err := conn.Exec(ctx, q, okIDs); err != nil {
-			return nil, fmt.Errorf("remove %d published rows (they will be published again): %w", len(okIDs), err)
-		}
-		r.published.Add(ctx, int64(len(okIDs)), r.attrs)
-		for i, x := range rows {
-			if errs[i] == nil {
-				if b, ok := blocked[string(x.key)]; ok && b.id == x.id {
-					delete(blocked, string(x.key))
-				}
-			}
-		}
-	}
-	if len(failIDs) == 0 {
+	if len(ids) == 0 {
 		return nil, nil
 	}
 	rejections := map[int64]int{}
-	res, err := conn.Query(ctx, r.ob.sql.RecordFailure, failIDs, failTexts, rejected)
+	res, err := conn.Query(ctx, r.ob.sql.RecordFailure, ids, texts, rejected)
 	if err != nil {
 		return nil, fmt.Errorf("record failures: %w", err)
 	}
@@ -209,41 +266,53 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 	if _, err := pgx.ForEachRow(res, []any{&id, &n}, func() error { rejections[id] = n; return nil }); err != nil {
 		return nil, fmt.Errorf("record failures: %w", err)
 	}
-	for i, x := range rows {
-		e := errs[i]
-		if e == nil || behind[i] {
-			continue // published, or waiting behind its key's failing row
-		}
-		k := string(x.key)
-		b, isHead := blocked[k]
-		isHead = isHead && b.id == x.id
-		reason := permanentReason(e)
-		if reason == "" {
-			r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "transient")))
-			transient = e
-			if isHead { // retried alone: back off like the shard does
-				b.wait = min(r.cfg.RetryMax, 2*b.wait)
-				b.retryAt = time.Now().Add(b.wait)
-			}
-			continue
-		}
-		r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
-		if rejections[x.id] >= r.cfg.MaxRejections {
-			if _, err := conn.Exec(ctx, r.ob.sql.DeadLetter, x.id, reason, e.Error()); err != nil {
-				return nil, fmt.Errorf("dead-letter row %d: %w", x.id, err)
-			}
-			r.dead.Add(ctx, 1, r.attrs)
-			log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections[x.id], "err", e)
-			if isHead {
-				delete(blocked, k)
-			}
-			continue
-		}
-		wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections[x.id], 20))
-		blocked[k] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
-		log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections[x.id], "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
+	return rejections, nil
+}
+
+// transientFailure counts a failure that retrying may fix. The shard backs
+// off; a blocked key's row, retried alone, backs off like it.
+func (r *Relay) transientFailure(ctx context.Context, x row, blocked map[string]*blockedKey) {
+	r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "transient")))
+	if isBlockedHead(blocked, x) {
+		b := blocked[string(x.key)]
+		b.wait = min(r.cfg.RetryMax, 2*b.wait)
+		b.retryAt = time.Now().Add(b.wait)
 	}
-	return transient, nil
+}
+
+// rejected counts a row Kafka refused for reason, rejections times so far:
+// below MaxRejections its key is blocked while the row is retried alone
+// with backoff, at MaxRejections the row is dead-lettered and its key
+// flows again.
+func (r *Relay) rejected(ctx context.Context, conn *pgx.Conn, x row, e error, reason string, rejections int, blocked map[string]*blockedKey, log *slog.Logger) error {
+	r.failures.Add(ctx, 1, r.attrs, metric.WithAttributes(attribute.String("class", "permanent")))
+	if rejections >= r.cfg.MaxRejections {
+		return r.deadLetter(ctx, conn, x, e, reason, rejections, blocked, log)
+	}
+	wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections, 20))
+	blocked[string(x.key)] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
+	log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections, "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
+	return nil
+}
+
+// deadLetter moves the row to the dead-letter table with its reason and
+// error, and unblocks its key.
+func (r *Relay) deadLetter(ctx context.Context, conn *pgx.Conn, x row, e error, reason string, rejections int, blocked map[string]*blockedKey, log *slog.Logger) error {
+	if _, err := conn.Exec(ctx, r.ob.sql.DeadLetter, x.id, reason, e.Error()); err != nil {
+		return fmt.Errorf("dead-letter row %d: %w", x.id, err)
+	}
+	r.dead.Add(ctx, 1, r.attrs)
+	log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections, "err", e)
+	if isBlockedHead(blocked, x) {
+		delete(blocked, string(x.key))
+	}
+	return nil
+}
+
+// isBlockedHead reports whether x is the row its blocked key waits on.
+func isBlockedHead(blocked map[string]*blockedKey, x row) bool {
+	b, ok := blocked[string(x.key)]
+	return ok && b.id == x.id
 }
 
 // kafkaMessages returns the messages to publish for rows, each with its
