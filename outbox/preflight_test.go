@@ -12,6 +12,7 @@ import (
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/netproxy"
+	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/runtest"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -132,6 +133,21 @@ func waitOwned(t *testing.T, b bundle) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d shards owned after 15s", owned, len(st))
+		}
+	}
+}
+
+// TestRelayConfigNamesField: NewRelay refuses a negative StartupTimeout or
+// MaxRejections, naming the field.
+func TestRelayConfigNamesField(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	for field, cfg := range map[string]outbox.RelayConfig{
+		"RelayConfig.StartupTimeout": {Brokers: kafkatest.Brokers(), StartupTimeout: -time.Second},
+		"RelayConfig.MaxRejections":  {Brokers: kafkatest.Brokers(), MaxRejections: -1},
+	} {
+		if _, err := outbox.NewRelay(pool, cfg); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("NewRelay with a bad %s: %v, want an error naming it", field, err)
 		}
 	}
 }
