@@ -381,19 +381,6 @@ func waitOrDone(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// waitBackoff sleeps for d or until ctx ends, and reports whether it slept
-// the whole time.
-func waitBackoff(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // queries are the statements rendered from sql/*.sql.
 type queries struct {
 	AttemptsClear   string `sql:"attempts_clear"`

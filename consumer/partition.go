@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/retry"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -160,7 +161,7 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 			p.c.metrics.retries.Add(procCtx, 1, p.attrs, metric.WithAttributes(attribute.String("kind", "transient")))
 			p.log.Warn("batch failed; retrying", "messages", len(pending), "from_offset", pending[0].msg.Offset, "backoff", wait, "err", err)
 		}
-		if !waitBackoff(procCtx, wait) {
+		if !retry.Sleep(procCtx, wait) {
 			p.log.Info("abandoning uncommitted messages; they will be redelivered", "count", len(pending), "from_offset", pending[0].msg.Offset)
 			return
 		}
@@ -217,12 +218,7 @@ func (p *partition) step(ctx context.Context, pending []*item) (int, error) {
 // RetryInitial to RetryMax, never giving up (outages are waited out, not
 // skipped).
 func (c *Consumer) newBackoff() *backoff.ExponentialBackOff {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = c.cfg.RetryInitial
-	bo.MaxInterval = c.cfg.RetryMax
-	bo.MaxElapsedTime = 0
-	bo.Reset()
-	return bo
+	return retry.NewBackoff(c.cfg.RetryInitial, c.cfg.RetryMax)
 }
 
 // fetchMaxBytes bounds one fetch response. Kafka returns a record batch
@@ -272,7 +268,7 @@ func (p *partition) fetchLoop(ctx context.Context, f *fetcher, chunks chan<- fet
 				// next batch cut off at maxBytes. Wait instead of spinning
 				// on the broker's immediate answer, and ask for more bytes.
 				f.maxBytes = min(2*f.maxBytes, fetchMaxBytesCap)
-				if !waitBackoff(ctx, p.c.cfg.FetchMaxWait) {
+				if !retry.Sleep(ctx, p.c.cfg.FetchMaxWait) {
 					return
 				}
 			}
@@ -299,7 +295,7 @@ func (p *partition) fetchFailed(ctx context.Context, bo **backoff.ExponentialBac
 	}
 	wait := (*bo).NextBackOff()
 	p.log.Warn("fetch failed; retrying", "backoff", wait, "err", err)
-	return waitBackoff(ctx, wait)
+	return retry.Sleep(ctx, wait)
 }
 
 // reset reports that reading moved from an offset the partition does not

@@ -86,7 +86,7 @@
 // If Kafka is unreachable, rows stay and publishing is retried with backoff,
 // forever. A row that fails for a reason retrying cannot fix (too large, an
 // unknown topic) blocks only its own key: it is retried alone with backoff
-// and after RelayConfig.MaxAttempts such rejections moved to the dead-letter
+// and after RelayConfig.MaxRejections such rejections moved to the dead-letter
 // table with its reason; later rows of that key follow. Rows that merely
 // shared a rejected write are published again alone at once. Each row keeps
 // its failed attempts (outages included), its rejections and its last error.

@@ -21,7 +21,7 @@ import (
 // (see internal/services).
 func TestBrokerStopped(t *testing.T) {
 	b := setup(t, 2)
-	b.relay.MaxAttempts = 3
+	b.relay.MaxRejections = 3
 	startRelay(t, b.pool, b.relay)
 	msg := func(i int) outbox.Message {
 		return outbox.Message{Topic: b.topic, Key: []byte("k" + strconv.Itoa(i%5)), Value: []byte(strconv.Itoa(i))}
@@ -56,9 +56,9 @@ func TestBrokerStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("most tried row while Kafka is down: %d attempts, %d rejections, last error %q", attempts, rejections, lastError)
-	if attempts <= b.relay.MaxAttempts || rejections != 0 || lastError == "" {
-		t.Fatalf("most tried row: %d attempts, %d rejections, last error %q; want more than MaxAttempts (%d) attempts, no rejection, an error",
-			attempts, rejections, lastError, b.relay.MaxAttempts)
+	if attempts <= b.relay.MaxRejections || rejections != 0 || lastError == "" {
+		t.Fatalf("most tried row: %d attempts, %d rejections, last error %q; want more than MaxRejections (%d) attempts, no rejection, an error",
+			attempts, rejections, lastError, b.relay.MaxRejections)
 	}
 	services.StartKafka(t)
 	restarted = true

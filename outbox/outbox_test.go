@@ -286,7 +286,7 @@ func TestOrderWhenAWriteIsRefused(t *testing.T) {
 	}
 	cfg := b.relay
 	cfg.Outbox.Shards = 1
-	cfg.MaxAttempts = 1
+	cfg.MaxRejections = 1
 	cfg.KeepPublished = time.Hour // rows keep when they were published
 	startRelay(t, b.pool, cfg)
 	got := kafkatest.ReadAll(t, topic, 1, 12, 60*time.Second)
@@ -312,7 +312,7 @@ func TestOrderWhenAWriteIsRefused(t *testing.T) {
 }
 
 // TestPoisonRows: rows that can never be published (unknown topic, too
-// large) are dead-lettered with their reason after MaxAttempts rejections;
+// large) are dead-lettered with their reason after MaxRejections rejections;
 // other keys flow meanwhile (all of them are published while the poison rows
 // still wait for their retries), and later rows of the poisoned keys follow
 // in order. The first write holds good rows around the unknown-topic row
@@ -344,7 +344,7 @@ func TestPoisonRows(t *testing.T) {
 	}
 	enqueue(t, b, msgs...)
 	cfg := b.relay
-	cfg.MaxAttempts = 3
+	cfg.MaxRejections = 3
 	// A rejected row is retried after RetryInitial<<rejections, at most
 	// RetryMax: the poison rows are dead-lettered no sooner than 8s after
 	// their first rejection, ample time for the other keys to flow.

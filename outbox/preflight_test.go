@@ -2,7 +2,9 @@ package outbox_test
 
 import (
 	"context"
+	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +12,8 @@ import (
 
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/netproxy"
+	"github.com/exactlyhq/exactly/internal/pgtest"
+	"github.com/exactlyhq/exactly/internal/runtest"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -57,4 +61,93 @@ func TestNetRelayPreflightDial(t *testing.T) {
 		t.Fatal(err)
 	}
 	readTopic(t, b, 2, ids)
+}
+
+// TestRelayStartupTimeout: a broker that accepts connections and never
+// answers fails Run within RelayConfig.StartupTimeout, not the 10s default.
+func TestRelayStartupTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	proxy := netproxy.Start(t, kafkatest.Brokers()[0])
+	proxy.Blackhole()
+	cfg := b.relay
+	cfg.Brokers = []string{proxy.Addr()}
+	cfg.StartupTimeout = 500 * time.Millisecond
+	cfg.Logger = testLogger(t)
+	r, err := outbox.NewRelay(b.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = r.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no Kafka broker answers") {
+		t.Fatalf("Run against a silent broker: %v, want no Kafka broker answers", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Run returned after %v, want about StartupTimeout (500ms)", d)
+	}
+}
+
+// TestRelayErrRunning: a second Run of a running Relay returns ErrRunning
+// at once and leaves the first one publishing.
+func TestRelayErrRunning(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	cfg := b.relay
+	cfg.Logger = testLogger(t)
+	r, err := outbox.NewRelay(b.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runtest.Background(t, "relay", 30*time.Second, r.Run)
+	waitOwned(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); !errors.Is(err, outbox.ErrRunning) {
+		t.Fatalf("second Run: %v, want ErrRunning", err)
+	}
+	ids := enqueue(t, b, orderedMessages(b.topic, 0, 3)...)
+	waitEmpty(t, b)
+	stop()
+	readTopic(t, b, 1, ids)
+}
+
+// waitOwned waits until a relay owns every shard of b's outbox.
+func waitOwned(t *testing.T, b bundle) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := outbox.Shards(context.Background(), b.pool, b.ob.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		owned := 0
+		for _, s := range st {
+			if s.Owned {
+				owned++
+			}
+		}
+		if owned == len(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d shards owned after 15s", owned, len(st))
+		}
+	}
+}
+
+// TestRelayConfigNamesField: NewRelay refuses a negative StartupTimeout or
+// MaxRejections, naming the field.
+func TestRelayConfigNamesField(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	for field, cfg := range map[string]outbox.RelayConfig{
+		"RelayConfig.StartupTimeout": {Brokers: kafkatest.Brokers(), StartupTimeout: -time.Second},
+		"RelayConfig.MaxRejections":  {Brokers: kafkatest.Brokers(), MaxRejections: -1},
+	} {
+		if _, err := outbox.NewRelay(pool, cfg); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("NewRelay with a bad %s: %v, want an error naming it", field, err)
+		}
+	}
 }

@@ -426,7 +426,7 @@ func TestOutboxDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	relayCfg := outbox.RelayConfig{Outbox: outbox.Config{Schema: schema}, Brokers: kafkatest.Brokers(), PollInterval: 100 * time.Millisecond,
-		MaxAttempts: 1, RetryInitial: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}
+		MaxRejections: 1, RetryInitial: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}
 	stop := runRelay(t, pool, relayCfg)
 	var list []outboxDeadLetter
 	for deadline := time.Now().Add(60 * time.Second); len(list) < 2; time.Sleep(50 * time.Millisecond) {
