@@ -141,8 +141,10 @@ func (r *Relay) publishRows(ctx context.Context, conn *pgx.Conn, pub publisher, 
 	}
 	n := pub.fit(msgs)
 	rows, msgs = rows[:n], msgs[:n] // the rest are fetched again next round
+	spans := r.startSends(ctx, rows, msgs)
 	errs := pub.write(ctx, msgs)
 	behind := pub.isolateFailures(ctx, rows, msgs, errs)
+	endSends(spans, errs)
 	if err := r.settlePublished(ctx, conn, rows, errs, blocked); err != nil {
 		return nil, err
 	}
@@ -291,7 +293,7 @@ func (r *Relay) rejected(ctx context.Context, conn *pgx.Conn, x row, e error, re
 	}
 	wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections, 20))
 	blocked[string(x.key)] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
-	log.Warn("outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections, "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
+	log.WarnContext(ctx, "outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections, "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
 	return nil
 }
 
@@ -302,7 +304,7 @@ func (r *Relay) deadLetter(ctx context.Context, conn *pgx.Conn, x row, e error, 
 		return fmt.Errorf("dead-letter row %d: %w", x.id, err)
 	}
 	r.dead.Add(ctx, 1, r.attrs)
-	log.Warn("outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections, "err", e)
+	log.WarnContext(ctx, "outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections, "err", e)
 	if isBlockedHead(blocked, x) {
 		delete(blocked, string(x.key))
 	}

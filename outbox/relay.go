@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/internal/kafkaprobe"
 	"github.com/exactlyhq/exactly/internal/retry"
@@ -35,6 +36,8 @@ type Relay struct {
 	latency                   metric.Float64Histogram
 	owned                     atomic.Int64
 	attrs                     metric.MeasurementOption
+
+	tracer trace.Tracer // nil without RelayConfig.TracerProvider
 
 	running atomic.Bool
 	pubs    []publisher // by shard, set by Run
@@ -64,6 +67,9 @@ func NewRelay(pool *pgxpool.Pool, cfg RelayConfig) (*Relay, error) {
 		}
 	} else if err := checkWriter(r.writer); err != nil {
 		return nil, err
+	}
+	if cfg.TracerProvider != nil {
+		r.tracer = cfg.TracerProvider.Tracer(instrumentation)
 	}
 	if err := r.initMetrics(); err != nil {
 		return nil, fmt.Errorf("outbox: metrics: %w", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of RelayConfig.
@@ -112,6 +113,12 @@ type RelayConfig struct {
 	Logger *slog.Logger
 	// MeterProvider receives metrics. Defaults to a no-op provider.
 	MeterProvider metric.MeterProvider
+	// TracerProvider receives a span per message published ("send TOPIC", a
+	// producer span, child of the span its traceparent header names, which
+	// the relay rewrites to name the send span), so that the consumer's
+	// spans continue the trace of the request that enqueued the message.
+	// Nil (the default): no spans.
+	TracerProvider trace.TracerProvider
 }
 
 func (c RelayConfig) withDefaults() RelayConfig {
