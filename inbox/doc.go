@@ -35,7 +35,7 @@
 // [ParseToken] normalises a token: a UUID in canonical form is stored as 16
 // bytes (so time-ordered UUIDv7 tokens append to the right edge of the
 // index), anything else as its bytes. A [TokenSource] finds the token of a
-// Kafka message: [FromHeader] (the default header is [DefaultHeader],
+// Kafka message: [FromHeader] (the default header is [exactly.Header],
 // "Idempotency-Key", which the outbox sets), [FromCloudEvents], [FromKey],
 // [FromContentHash], [FromOffset] (redelivery protection only), [FromFunc],
 // and [FirstOf] to combine them. A message without a token yields an error

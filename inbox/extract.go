@@ -8,13 +8,9 @@ import (
 	"strings"
 
 	"github.com/segmentio/kafka-go"
-)
 
-// DefaultHeader is the header that carries a message's idempotency token
-// unless configured otherwise. The outbox sets it on every message it
-// publishes, so downstream consumers dedup relay repeats with no
-// configuration.
-const DefaultHeader = "Idempotency-Key"
+	"github.com/exactlyhq/exactly"
+)
 
 // TokenSource finds the idempotency token of a Kafka message. It returns an
 // error wrapping ErrNoToken when the message has none, and never panics.
@@ -30,12 +26,12 @@ func (f TokenSourceFunc) Token(m kafka.Message) (Token, error) { return f(m) }
 
 // FromHeader reads the token from the header named name, compared
 // case-insensitively as HTTP header names are. An empty name means
-// DefaultHeader. A message with the header more than once (Kafka allows
+// [exactly.Header], which the outbox relay sets on every message. A message with the header more than once (Kafka allows
 // repeated headers) has no single token: FromHeader returns an error
 // wrapping ErrInvalidToken rather than guess which one the producer meant.
 func FromHeader(name string) TokenSource {
 	if name == "" {
-		name = DefaultHeader
+		name = exactly.Header
 	}
 	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
 		v, ok, err := header(m, name)

@@ -18,7 +18,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 
-	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/sqlname"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
 	"github.com/exactlyhq/exactly/internal/uuidv7"
@@ -41,11 +41,6 @@ const MaxShards = 1024
 
 // MaxEnqueue is the most messages one EnqueueTx call accepts.
 const MaxEnqueue = 10000
-
-// HeaderMessageID is the header carrying each message's stable id. It is the
-// inbox's default token header, so a downstream consumer dedups relay
-// repeats with no configuration.
-const HeaderMessageID = inbox.DefaultHeader
 
 // Config names the outbox table and how messages are sharded. Writers and
 // relays of one table must use the same Config.
@@ -168,7 +163,7 @@ type Message struct {
 	Value []byte
 	// Headers travel with the message. Their keys are text: valid UTF-8
 	// without NUL bytes (EnqueueTx refuses others); values are any bytes.
-	// The relay adds HeaderMessageID with the message id, unless Headers
+	// The relay adds [exactly.Header] with the message id, unless Headers
 	// already carry one: a message replayed from a dead letter keeps the
 	// token it was first sent with.
 	Headers []kafka.Header
@@ -215,7 +210,7 @@ type header struct {
 
 // EnqueueTx adds msgs to the outbox inside tx, in one round trip, and returns
 // their message ids. They are published if and only if tx commits, each
-// with its id in the HeaderMessageID header. Trace context in ctx (from the
+// with its id in the [exactly.Header] header. Trace context in ctx (from the
 // global OpenTelemetry propagator) is added to their headers.
 //
 // It refuses the whole call, enqueuing nothing, when a message is invalid
@@ -277,13 +272,13 @@ func (o *Outbox) EnqueueTx(ctx context.Context, tx pgx.Tx, msgs ...Message) ([]s
 			// Consumers read the header in any case and refuse a message
 			// that has two: the relay would add a second beside a
 			// lower-case one.
-			if strings.EqualFold(h.Key, HeaderMessageID) {
+			if strings.EqualFold(h.Key, exactly.Header) {
 				idHeaders++
 				if m.ID != "" {
 					return nil, fmt.Errorf("%w: message %d sets both ID and the %s header", ErrInvalidMessage, i, h.Key)
 				}
 				if idHeaders > 1 {
-					return nil, fmt.Errorf("%w: message %d has %d %s headers; consumers dead-letter such a message", ErrInvalidMessage, i, idHeaders, HeaderMessageID)
+					return nil, fmt.Errorf("%w: message %d has %d %s headers; consumers dead-letter such a message", ErrInvalidMessage, i, idHeaders, exactly.Header)
 				}
 			}
 			hs = append(hs, header{Key: h.Key, Value: h.Value})

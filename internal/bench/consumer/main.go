@@ -60,6 +60,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/bench/benchkit"
@@ -999,7 +1000,7 @@ func (b *bench) produceBacklog(ctx context.Context, n, naive int) (backlog, erro
 		m := kafka.Message{
 			Key:     []byte("key-" + strconv.Itoa(k)),
 			Value:   []byte(v + pad[:max(0, *size-len(v))]),
-			Headers: []kafka.Header{{Key: inbox.DefaultHeader, Value: []byte(uuidv7.New().String())}},
+			Headers: []kafka.Header{{Key: exactly.Header, Value: []byte(uuidv7.New().String())}},
 		}
 		if i < naive {
 			bl.naive[balancer.Balance(m, 0, 1, 2, 3)]++

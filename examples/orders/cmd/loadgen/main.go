@@ -37,8 +37,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
-	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/uuidv7"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -534,7 +534,7 @@ func (rd *redeliverer) chosen(orderID string) bool {
 func (rd *redeliverer) offer(m kafka.Message) {
 	id := ""
 	for _, h := range m.Headers {
-		if strings.EqualFold(h.Key, inbox.DefaultHeader) {
+		if strings.EqualFold(h.Key, exactly.Header) {
 			id = string(h.Value)
 			break
 		}
