@@ -48,7 +48,7 @@ bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox vs plain 
 	$(GO) run ./internal/bench/consumer
 
 fuzz: ## Fuzz the token extractors for 60s (seeds that found bugs live in testdata/)
-	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./inbox/
+	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./consumer/
 
 # How long `make demo` places orders.
 DEMO_DURATION ?= 60s

@@ -306,11 +306,11 @@ func TestReplayWithoutUsableToken(t *testing.T) {
 	)
 	// The message marked "old" is read as consumers did before repeated
 	// headers were refused: the first one.
-	b.cfg.Token = inbox.TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
+	b.cfg.Token = consumer.TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		if len(m.Headers) == 3 && m.Headers[2].Key == "old" {
 			return inbox.ParseToken(string(m.Headers[0].Value))
 		}
-		return inbox.FromHeader("").Token(m)
+		return consumer.FromHeader("").Token(m)
 	})
 	b.poison.Store(map[string]bool{"order-3": true, "order-4": true})
 	b.consume(t, 5)

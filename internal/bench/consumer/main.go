@@ -539,7 +539,7 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 		return result{}, err
 	}
 	ins := insertSQL(effects)
-	tokens := inbox.FromHeader("")
+	tokens := consumer.FromHeader("")
 	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
 		tok, err := tokens.Token(m.Message)
 		if err != nil {
@@ -575,7 +575,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 		return result{}, err
 	}
 	ins := insertSQL(effects)
-	tokens := inbox.FromHeader("")
+	tokens := consumer.FromHeader("")
 	var ph phases
 	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
 		limit := bl.naive[id]
