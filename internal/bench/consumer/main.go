@@ -56,6 +56,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
@@ -65,7 +66,6 @@ import (
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/bench/benchkit"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
 const partitions = 4
@@ -1000,7 +1000,7 @@ func (b *bench) produceBacklog(ctx context.Context, n, naive int) (backlog, erro
 		m := kafka.Message{
 			Key:     []byte("key-" + strconv.Itoa(k)),
 			Value:   []byte(v + pad[:max(0, *size-len(v))]),
-			Headers: []kafka.Header{{Key: exactly.Header, Value: []byte(uuidv7.New().String())}},
+			Headers: []kafka.Header{{Key: exactly.Header, Value: []byte(uuid.Must(uuid.NewV7()).String())}},
 		}
 		if i < naive {
 			bl.naive[balancer.Balance(m, 0, 1, 2, 3)]++
