@@ -4,13 +4,16 @@
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
+# Two modules: the library (with the CLI) at the root, the examples in examples/ (which replace
+# the library with ../). Their dependencies are downloaded before the sources are copied, so a
+# source change reuses this layer.
 COPY go.mod go.sum ./
-RUN go mod download
+COPY examples/go.mod examples/go.sum ./examples/
+RUN go mod download && cd examples && go mod download
 COPY . .
 # Static binaries: the runtime image has no libc.
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ \
-	./cmd/exactly \
-	./examples/orders/cmd/...
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/exactly && \
+	cd examples && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./orders/cmd/...
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/

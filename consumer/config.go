@@ -55,8 +55,9 @@ type Config struct {
 	// two groups consuming one topic each apply every message once.
 	Inbox inbox.Config
 	// Token finds each message's idempotency token. Defaults to the
-	// Idempotency-Key header (inbox.FromHeader("")), which the outbox sets.
-	Token inbox.TokenSource
+	// exactly.Header header, Idempotency-Key (FromHeader("")), which the
+	// outbox relay sets.
+	Token TokenSource
 	// OnDuplicate, when set, is called for every delivery whose token an
 	// earlier delivery already applied (a redelivery, a producer's retry),
 	// in the batch's transaction, with the result the first delivery stored
@@ -157,7 +158,7 @@ func (c Config) withDefaults() Config {
 	c.Inbox.Scope = cmp.Or(c.Inbox.Scope, c.GroupID)
 	c.Inbox.Schema = cmp.Or(c.Inbox.Schema, inbox.SchemaDefault)
 	if c.Token == nil {
-		c.Token = inbox.FromHeader("")
+		c.Token = FromHeader("")
 	}
 	c.DeadLetterTable = cmp.Or(c.DeadLetterTable, DeadLetterTableDefault)
 	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)

@@ -17,7 +17,7 @@
 //     (Config.ReadUncommitted): records of aborted transactions are dropped,
 //     and transaction markers never reach a handler, the inbox or the
 //     dead-letter table; offsets move past both.
-//  2. Check each message: size, token ([inbox.TokenSource]). A message that
+//  2. Check each message: size, token ([TokenSource]). A message that
 //     fails is dead-lettered with its reason, never handled.
 //  3. Begin; claim every token in one statement; run the handler for each
 //     fresh message (or the [BatchHandler] once); dead-letter conflicts;
@@ -39,6 +39,19 @@
 // database conditions (serialization failure, deadlock, lost connection),
 // retry the whole batch with backoff, forever: an outage is waited out,
 // never skipped and never dead-lettered.
+//
+// # Tokens
+//
+// A [TokenSource] finds the token of each message (Config.Token):
+// [FromHeader] (the default, reading [exactly.Header], "Idempotency-Key",
+// which the outbox relay sets), [FromCloudEvents], [FromKey],
+// [FromContentHash], [FromOffset] (redelivery protection only), [FromFunc],
+// and [FirstOf] to combine them. A message without a token yields an error
+// wrapping [inbox.ErrNoToken], never a panic; one whose token is unusable
+// (longer than [inbox.MaxTokenLen], or its header repeated) an error wrapping
+// [inbox.ErrInvalidToken]. Either is dead-lettered, never handled without
+// protection. The sources live here, beside the Kafka client; package inbox
+// knows tokens, not Kafka.
 //
 // # Failure windows
 //

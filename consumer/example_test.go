@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 )
@@ -151,7 +152,7 @@ func ExampleNewBatch() {
 // key, and as the Idempotency-Key header the consumer claims.
 func order(id, amount string) kafka.Message {
 	return kafka.Message{Key: []byte(id), Value: []byte(amount),
-		Headers: []kafka.Header{{Key: inbox.DefaultHeader, Value: []byte(id)}}}
+		Headers: []kafka.Header{{Key: exactly.Header, Value: []byte(id)}}}
 }
 
 // produce writes msgs to topic, in order.

@@ -13,10 +13,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/metrictest"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -213,8 +213,8 @@ func checkEffectsOnce(t *testing.T, b bundle, total *int) {
 func TestRetentionSkip(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	reader := sdkmetric.NewManualReader()
-	b.cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	mp := metrictest.NewProvider()
+	b.cfg.MeterProvider = mp
 	all := msgs("r", 100, 5)
 	kafkatest.Produce(t, b.writer, all[:20]...)
 	c, err := consumer.New(b.cfg, insertEffect(b.effects))
@@ -240,7 +240,7 @@ func TestRetentionSkip(t *testing.T) {
 	if total != 60 {
 		t.Errorf("%d effects, want 60 (0..19 and 60..99)", total)
 	}
-	counts, _, _ := collect(t, reader)
+	counts, _, _ := collect(t, mp)
 	if got := counts[consumer.MetricSkipped]; got != 40 {
 		t.Errorf("%s = %d, want 40", consumer.MetricSkipped, got)
 	}

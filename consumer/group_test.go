@@ -18,10 +18,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/metrictest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/proctest"
 	"github.com/exactlyhq/exactly/internal/services"
@@ -91,9 +91,9 @@ func TestGroupFrozenMember(t *testing.T) {
 			t.Logf("frozen with %d of %d messages applied", applied, len(wave1))
 			watch := watchCommitted(t, b, parts)
 
-			reader := sdkmetric.NewManualReader()
+			mp := metrictest.NewProvider()
 			cfg := b.cfg
-			cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			cfg.MeterProvider = mp
 			second, err := consumer.New(cfg, insertEffect(b.effects))
 			if err != nil {
 				t.Fatal(err)
@@ -116,7 +116,7 @@ func TestGroupFrozenMember(t *testing.T) {
 			if tc.hook == "consumer.after-db-commit" {
 				// The batch the frozen member committed to Postgres but not
 				// to Kafka comes to the second member, which skips it.
-				waitMetric(t, reader, consumer.MetricMessages+"/duplicate", 1, 30*time.Second)
+				waitMetric(t, mp, consumer.MetricMessages+"/duplicate", 1, 30*time.Second)
 			}
 			// The coordinator expelled the frozen member: its session timed out.
 			waitGroupStable(t, b.cfg.GroupID, 1, 10*time.Second)
@@ -365,9 +365,9 @@ func TestGroupOffsetsExpired(t *testing.T) {
 			}
 			kafkatest.Produce(t, b.writer, all[n:]...)
 
-			reader := sdkmetric.NewManualReader()
+			mp := metrictest.NewProvider()
 			cfg := b.cfg
-			cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			cfg.MeterProvider = mp
 			cfg.MaxAttempts = tc.maxAttempts
 			again, err := consumer.New(cfg, insertEffect(b.effects))
 			if err != nil {
@@ -379,7 +379,7 @@ func TestGroupOffsetsExpired(t *testing.T) {
 			if dl := deadLetters(t, b); len(dl) != 0 {
 				t.Fatalf("dead letters %v", dl)
 			}
-			counts, _, _ := collect(t, reader)
+			counts, _, _ := collect(t, mp)
 			if dups, fresh := counts[consumer.MetricMessages+"/duplicate"], counts[consumer.MetricMessages+"/processed"]; dups != n || fresh != later {
 				t.Fatalf("after the expiry: %d duplicates and %d processed, want %d (everything from the first offset again, skipped) and %d (the new messages)", dups, fresh, n, later)
 			}
@@ -633,8 +633,8 @@ func TestGroupTwoGroupsOneDatabase(t *testing.T) {
 func TestGroupPostgresRestarts(t *testing.T) {
 	const parts, rounds, perRound = 2, 21, 200
 	b := setup(t, parts)
-	reader := sdkmetric.NewManualReader()
-	b.cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	mp := metrictest.NewProvider()
+	b.cfg.MeterProvider = mp
 	const (
 		inHandler = iota + 1
 		beforeCommit
@@ -700,7 +700,7 @@ func TestGroupPostgresRestarts(t *testing.T) {
 	if dl := deadLetters(t, b); len(dl) != 0 {
 		t.Fatalf("the restarts dead-lettered %v", dl)
 	}
-	counts, _, _ := collect(t, reader)
+	counts, _, _ := collect(t, mp)
 	// Each restart under an open transaction fails that batch at least once.
 	if got := counts[consumer.MetricRetries+"/transient"]; got < 2*rounds/3 {
 		t.Fatalf("%d transient batch retries for %d restarts under an open transaction: the restarts missed the transactions", got, 2*rounds/3)
@@ -882,11 +882,11 @@ func waitPartitionCommitted(t *testing.T, b bundle, parts, p int, end int64, tim
 }
 
 // waitMetric waits until the counter key (as collect names it) reaches want.
-func waitMetric(t *testing.T, reader *sdkmetric.ManualReader, key string, want int64, timeout time.Duration) {
+func waitMetric(t *testing.T, mp *metrictest.Provider, key string, want int64, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		counts, _, _ := collect(t, reader)
+		counts, _, _ := collect(t, mp)
 		if counts[key] >= want {
 			return
 		}

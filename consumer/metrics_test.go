@@ -6,11 +6,10 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/metrictest"
 )
 
 // TestMetrics: processed, duplicate and dead-lettered messages and retries
@@ -19,8 +18,8 @@ import (
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	reader := sdkmetric.NewManualReader()
-	b.cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	mp := metrictest.NewProvider()
+	b.cfg.MeterProvider = mp
 	b.cfg.MaxAttempts = 2
 	all := msgs("m", 50, 5)
 	kafkatest.Produce(t, b.writer, all...)
@@ -42,7 +41,7 @@ func TestMetrics(t *testing.T) {
 		" SET processed_at = processed_at - interval '1 day'"); err != nil {
 		t.Fatal(err)
 	}
-	counts, batches, oldest := collect(t, reader)
+	counts, batches, oldest := collect(t, mp)
 	// m-7 was sent twice. A dead letter does not claim its token (so that
 	// a replay runs), so the second copy is tried and dead-lettered too.
 	want := map[string]int64{
@@ -64,38 +63,30 @@ func TestMetrics(t *testing.T) {
 }
 
 // collect reads the metrics: counter sums keyed "name/outcome" or
-// "name/kind", the number of batch durations recorded, and gauges keyed
-// "name/scope".
-func collect(t *testing.T, reader *sdkmetric.ManualReader) (counts map[string]int64, batches uint64, gauges map[string]float64) {
+// "name/kind", the number of batch durations recorded, and float gauges
+// keyed "name/scope".
+func collect(t *testing.T, mp *metrictest.Provider) (counts map[string]int64, batches uint64, gauges map[string]float64) {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
+	points, err := mp.Collect(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	counts, gauges = map[string]int64{}, map[string]float64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					key := m.Name
-					for _, kv := range p.Attributes.ToSlice() {
-						if kv.Key == "outcome" || kv.Key == "kind" {
-							key += "/" + kv.Value.AsString()
-						}
-					}
-					counts[key] += p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					batches += p.Count
-				}
-			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					scope, _ := p.Attributes.Value("scope")
-					gauges[m.Name+"/"+scope.AsString()] = p.Value
+	for _, p := range points {
+		switch {
+		case p.Kind == metrictest.Sum && !p.IsFloat:
+			key := p.Name
+			for _, kv := range p.Attrs.ToSlice() {
+				if kv.Key == "outcome" || kv.Key == "kind" {
+					key += "/" + kv.Value.AsString()
 				}
 			}
+			counts[key] += p.Int
+		case p.Kind == metrictest.Histogram:
+			batches += p.Count
+		case p.Kind == metrictest.Gauge && p.IsFloat:
+			scope, _ := p.Attrs.Value("scope")
+			gauges[p.Name+"/"+scope.AsString()] = p.Float
 		}
 	}
 	return counts, batches, gauges

@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/metrictest"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -57,9 +56,9 @@ func TestRebalanceBetweenCommits(t *testing.T) {
 	// A second member joins while the first is stuck between its two
 	// commits: the partition moves to the second once the first misses the
 	// rebalance deadline.
-	reader := sdkmetric.NewManualReader()
+	mp := metrictest.NewProvider()
 	cfg := b.cfg
-	cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	cfg.MeterProvider = mp
 	second, err := consumer.New(cfg, insertEffect(b.effects))
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +69,7 @@ func TestRebalanceBetweenCommits(t *testing.T) {
 	stopFirst()
 	waitCommitted(t, b, n)
 	checkEffects(t, b, n)
-	counts, _, _ := collect(t, reader)
+	counts, _, _ := collect(t, mp)
 	dups := counts[consumer.MetricMessages+"/duplicate"]
 	if dups < int64(applied) {
 		t.Fatalf("the second member skipped %d duplicates, want the %d messages the first member committed without their offset", dups, applied)

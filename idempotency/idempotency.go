@@ -22,13 +22,13 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/tracelog"
 )
 
 // Defaults of Config.
 const (
-	HeaderDefault           = "Idempotency-Key"
 	MaxKeyLenDefault        = 255
 	MaxPathLenDefault       = 1024
 	MaxBodyBytesDefault     = 1 << 20
@@ -57,7 +57,8 @@ type Config struct {
 	// Inbox names the table that stores keys and responses. Its Scope is
 	// ignored: each key is scoped by endpoint and caller.
 	Inbox inbox.Config
-	// Header carries the key. Defaults to "Idempotency-Key".
+	// Header carries the key. Defaults to [exactly.Header],
+	// "Idempotency-Key".
 	Header string
 	// Optional lets requests without a key through, each in a transaction
 	// of its own with no replay protection. Defaults to false: a missing key
@@ -129,7 +130,7 @@ func New(cfg Config) (*Middleware, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("idempotency: Config.Pool: required")
 	}
-	cfg.Header = cmp.Or(cfg.Header, HeaderDefault)
+	cfg.Header = cmp.Or(cfg.Header, exactly.Header)
 	cfg.MaxKeyLen = cmp.Or(cfg.MaxKeyLen, MaxKeyLenDefault)
 	cfg.MaxPathLen = cmp.Or(cfg.MaxPathLen, MaxPathLenDefault)
 	cfg.MaxBodyBytes = cmp.Or(cfg.MaxBodyBytes, MaxBodyBytesDefault)

@@ -34,14 +34,14 @@
 //
 // [ParseToken] normalises a token: a UUID in canonical form is stored as 16
 // bytes (so time-ordered UUIDv7 tokens append to the right edge of the
-// index), anything else as its bytes. A [TokenSource] finds the token of a
-// Kafka message: [FromHeader] (the default header is [DefaultHeader],
-// "Idempotency-Key", which the outbox sets), [FromCloudEvents], [FromKey],
-// [FromContentHash], [FromOffset] (redelivery protection only), [FromFunc],
-// and [FirstOf] to combine them. A message without a token yields an error
-// wrapping [ErrNoToken], never a panic; one whose token is unusable (longer
-// than [MaxTokenLen], or its header repeated) an error wrapping
-// [ErrInvalidToken].
+// index), anything else as its bytes; an empty token is an error wrapping
+// [ErrNoToken], one longer than [MaxTokenLen] an error wrapping
+// [ErrInvalidToken]. [UUIDToken] and [DigestToken] build tokens from bytes.
+//
+// The inbox knows tokens, not transports: the Kafka token sources
+// (consumer.FromHeader and its siblings) live in package consumer, and
+// package idempotency reads tokens from HTTP requests. Neither this package
+// nor idempotency imports a Kafka client.
 //
 // # Batches
 //

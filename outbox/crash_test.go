@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -231,7 +232,7 @@ func TestRelayCrashAfterPublish(t *testing.T) {
 	got := kafkatest.ReadAll(t, b.topic, 2, n+1, 30*time.Second)
 	ids := map[string]int{}
 	for _, m := range got {
-		ids[kafkatest.Header(m, outbox.HeaderMessageID)]++
+		ids[kafkatest.Header(m, exactly.Header)]++
 	}
 	if len(ids) > n {
 		t.Fatalf("%d distinct message ids for %d messages: a republish changed ids", len(ids), n)

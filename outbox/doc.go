@@ -3,7 +3,7 @@
 //
 // [Outbox.EnqueueTx] writes messages into the outbox table through the
 // caller's transaction, in one round trip. Each message gets a stable
-// message id, a UUIDv7, that the relay sends in the [HeaderMessageID]
+// message id, a UUIDv7, that the relay sends in the [exactly.Header]
 // header: the header a downstream consumer's inbox reads by default. A
 // [Relay] reads committed rows and publishes them, then removes them.
 //

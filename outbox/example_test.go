@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -132,7 +133,7 @@ func ExampleRelay() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		fmt.Printf("%s %s, message id as enqueued: %t\n", m.Key, m.Value, header(m, outbox.HeaderMessageID) == ids[i])
+		fmt.Printf("%s %s, message id as enqueued: %t\n", m.Key, m.Value, header(m, exactly.Header) == ids[i])
 	}
 	stop()
 	if err := <-done; err != nil { // nil once in-flight rounds finished

@@ -3,6 +3,8 @@ package outbox
 import (
 	"strings"
 	"testing"
+
+	"github.com/exactlyhq/exactly"
 )
 
 // TestMessageIDHeaderAnyCase: a row whose headers carry the message id
@@ -20,7 +22,7 @@ func TestMessageIDHeaderAnyCase(t *testing.T) {
 	}
 	n := 0
 	for _, h := range msgs[0].Headers {
-		if strings.EqualFold(h.Key, HeaderMessageID) {
+		if strings.EqualFold(h.Key, exactly.Header) {
 			n++
 		}
 	}

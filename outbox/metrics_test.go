@@ -10,10 +10,8 @@ import (
 	"testing"
 	"time"
 
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-
 	"github.com/exactlyhq/exactly/internal/kafkatest"
+	"github.com/exactlyhq/exactly/internal/metrictest"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -22,9 +20,9 @@ import (
 func TestRelayMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	reader := sdkmetric.NewManualReader()
+	mp := metrictest.NewProvider()
 	cfg := b.relay
-	cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	cfg.MeterProvider = mp
 	var msgs []outbox.Message
 	for range 20 {
 		msgs = append(msgs, outbox.Message{Topic: b.topic, Value: []byte("m")})
@@ -35,7 +33,7 @@ func TestRelayMetrics(t *testing.T) {
 	waitEmpty(t, b)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got := collect(t, reader)
+		got := collect(t, mp)
 		if got[outbox.MetricPublished] == 20 && got[outbox.MetricShardOwned] == int64(b.ob.Config().Shards) && got[outbox.MetricBacklog] == 0 {
 			return
 		}
@@ -46,26 +44,17 @@ func TestRelayMetrics(t *testing.T) {
 	}
 }
 
-// collect sums every integer data point by metric name.
-func collect(t *testing.T, r *sdkmetric.ManualReader) map[string]int64 {
+// collect sums every integer counter and gauge point by metric name.
+func collect(t *testing.T, mp *metrictest.Provider) map[string]int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
+	points, err := mp.Collect(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] += p.Value
-				}
-			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] += p.Value
-				}
-			}
+	for _, p := range points {
+		if !p.IsFloat && (p.Kind == metrictest.Sum || p.Kind == metrictest.Gauge) {
+			out[p.Name] += p.Int
 		}
 	}
 	return out
@@ -121,16 +110,16 @@ func TestRowsOutsideShards(t *testing.T) {
 	}
 
 	var logs syncBuffer
-	reader := sdkmetric.NewManualReader()
+	mp := metrictest.NewProvider()
 	cfg := b.relay
-	cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	cfg.MeterProvider = mp
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	startRelay(t, b.pool, cfg)
 	kafkatest.ReadAll(t, b.topic, 1, 1, 30*time.Second)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		got := collect(t, reader)
+		got := collect(t, mp)
 		logged := strings.Contains(logs.String(), "level=ERROR msg=\"outbox rows in shards this relay does not publish") && strings.Contains(logs.String(), "rows=3")
-		owned, backlog := shardPoints(t, reader, outbox.MetricShardOwned), shardPoints(t, reader, outbox.MetricBacklog)
+		owned, backlog := shardPoints(t, mp, outbox.MetricShardOwned), shardPoints(t, mp, outbox.MetricBacklog)
 		// Shards 4..7 that hold rows are reported too: their backlog, and
 		// that no relay owns them.
 		var strayBacklog int64
@@ -158,7 +147,7 @@ func TestRowsOutsideShards(t *testing.T) {
 	startRelay(t, b.pool, wideRelay)
 	kafkatest.ReadAll(t, b.topic, 1, 4, 30*time.Second)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		got := collect(t, reader)
+		got := collect(t, mp)
 		if _, reported := got[outbox.MetricRowsOutsideShards]; reported && got[outbox.MetricRowsOutsideShards] == 0 && got[outbox.MetricBacklog] == 0 {
 			break
 		}
@@ -186,21 +175,17 @@ func (s *syncBuffer) String() string {
 }
 
 // shardPoints returns the integer gauge's values by shard.
-func shardPoints(t *testing.T, r *sdkmetric.ManualReader, name string) map[int]int64 {
+func shardPoints(t *testing.T, mp *metrictest.Provider, name string) map[int]int64 {
 	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
+	points, err := mp.Collect(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[int]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if d, ok := m.Data.(metricdata.Gauge[int64]); ok && m.Name == name {
-				for _, p := range d.DataPoints {
-					v, _ := p.Attributes.Value("shard")
-					out[int(v.AsInt64())] = p.Value
-				}
-			}
+	for _, p := range points {
+		if p.Kind == metrictest.Gauge && !p.IsFloat && p.Name == name {
+			v, _ := p.Attrs.Value("shard")
+			out[int(v.AsInt64())] = p.Int
 		}
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/netproxy"
 	"github.com/exactlyhq/exactly/internal/pgtest"
@@ -47,7 +48,7 @@ func readTopic(t *testing.T, b bundle, partitions int, ids []string) (total int,
 	}
 	copies = map[string]int{}
 	for _, m := range kafkatest.ReadAll(t, b.topic, partitions, int(end), 30*time.Second) {
-		copies[kafkatest.Header(m, outbox.HeaderMessageID)]++
+		copies[kafkatest.Header(m, exactly.Header)]++
 	}
 	for _, id := range ids {
 		if copies[id] == 0 {

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel"
@@ -20,10 +21,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly"
-	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/sqlname"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 	"github.com/exactlyhq/exactly/migrate"
 )
 
@@ -43,11 +42,6 @@ const MaxShards = 1024
 
 // MaxEnqueue is the most messages one EnqueueTx call accepts.
 const MaxEnqueue = 10000
-
-// HeaderMessageID is the header carrying each message's stable id. It is the
-// inbox's default token header, so a downstream consumer dedups relay
-// repeats with no configuration.
-const HeaderMessageID = inbox.DefaultHeader
 
 // Config names the outbox table and how messages are sharded. Writers and
 // relays of one table must use the same Config.
@@ -175,7 +169,7 @@ type Message struct {
 	Value []byte
 	// Headers travel with the message. Their keys are text: valid UTF-8
 	// without NUL bytes (EnqueueTx refuses others); values are any bytes.
-	// The relay adds HeaderMessageID with the message id, unless Headers
+	// The relay adds [exactly.Header] with the message id, unless Headers
 	// already carry one: a message replayed from a dead letter keeps the
 	// token it was first sent with.
 	Headers []kafka.Header
@@ -227,7 +221,7 @@ type header struct {
 
 // EnqueueTx adds msgs to the outbox inside tx, in one round trip, and returns
 // their message ids. They are published if and only if tx commits, each
-// with its id in the HeaderMessageID header. Trace context is added to their
+// with its id in the [exactly.Header] header. Trace context is added to their
 // headers: W3C traceparent (which consumers read) and whatever else the
 // global OpenTelemetry propagator writes, of the span Config.TracerProvider
 // starts for the call, or else of ctx's span.
@@ -288,7 +282,14 @@ func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []Message) ([]stri
 		}
 		id := m.ID
 		if id == "" {
-			id = uuidv7.New().String()
+			// A UUIDv7, time-ordered: a downstream inbox stores a UUID
+			// token as its 16 bytes, so new tokens land at the right edge
+			// of its index (make bench-inbox compares random tokens).
+			u, err := uuid.NewV7()
+			if err != nil {
+				return nil, fmt.Errorf("outbox: message %d: new message id: %w", i, err)
+			}
+			id = u.String()
 		} else if !isUUID(id) {
 			return nil, fmt.Errorf("%w: message %d: ID %q is not a UUID", ErrInvalidMessage, i, id)
 		}
@@ -298,13 +299,13 @@ func (o *Outbox) enqueue(ctx context.Context, tx pgx.Tx, msgs []Message) ([]stri
 			// Consumers read the header in any case and refuse a message
 			// that has two: the relay would add a second beside a
 			// lower-case one.
-			if strings.EqualFold(h.Key, HeaderMessageID) {
+			if strings.EqualFold(h.Key, exactly.Header) {
 				idHeaders++
 				if m.ID != "" {
 					return nil, fmt.Errorf("%w: message %d sets both ID and the %s header", ErrInvalidMessage, i, h.Key)
 				}
 				if idHeaders > 1 {
-					return nil, fmt.Errorf("%w: message %d has %d %s headers; consumers dead-letter such a message", ErrInvalidMessage, i, idHeaders, HeaderMessageID)
+					return nil, fmt.Errorf("%w: message %d has %d %s headers; consumers dead-letter such a message", ErrInvalidMessage, i, idHeaders, exactly.Header)
 				}
 			}
 			hs = append(hs, header{Key: h.Key, Value: h.Value})

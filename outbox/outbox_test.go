@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/testhook"
 	"github.com/exactlyhq/exactly/outbox"
@@ -59,7 +60,7 @@ func TestPublishIfAndOnlyIfCommitted(t *testing.T) {
 		if want := []string{"committed 1", "committed 2"}[i]; string(m.Value) != want || string(m.Key) != "k" {
 			t.Errorf("message %d: key %q value %q, want k %q", i, m.Key, m.Value, want)
 		}
-		if id := kafkatest.Header(m, outbox.HeaderMessageID); id != ids[i] {
+		if id := kafkatest.Header(m, exactly.Header); id != ids[i] {
 			t.Errorf("message %d: id header %q, want %q", i, id, ids[i])
 		}
 		if tp := kafkatest.Header(m, "traceparent"); !strings.Contains(tp, traceID.String()) {
@@ -522,7 +523,7 @@ func TestEnqueueValidation(t *testing.T) {
 	for _, m := range []outbox.Message{
 		{Value: []byte("no topic")},
 		{Topic: b.topic, ID: "not-a-uuid"},
-		{Topic: b.topic, ID: "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6", Headers: []kafka.Header{{Key: outbox.HeaderMessageID, Value: []byte("x")}}},
+		{Topic: b.topic, ID: "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6", Headers: []kafka.Header{{Key: exactly.Header, Value: []byte("x")}}},
 	} {
 		if _, err := b.ob.Enqueue(context.Background(), b.pool, m); !errors.Is(err, outbox.ErrInvalidMessage) {
 			t.Errorf("Enqueue(%+v): got %v, want ErrInvalidMessage", m, err)

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/internal/testhook"
 )
 
@@ -106,7 +107,7 @@ func (r *Relay) fetchPending(ctx context.Context, conn *pgx.Conn, pub publisher,
 
 // rowOverhead is what fetch.sql adds to a row's key, value and headers: the
 // per-message bytes fit counts and the message id header the relay adds.
-const rowOverhead = 32 + 10 + len(HeaderMessageID) + 36
+const rowOverhead = 32 + 10 + len(exactly.Header) + 36
 
 func (r *Relay) fetch(ctx context.Context, conn *pgx.Conn, query string, args ...any) ([]row, error) {
 	rows, err := conn.Query(ctx, query, args...)
@@ -330,10 +331,10 @@ func kafkaMessages(rows []row) ([]kafka.Message, error) {
 		hasID := false
 		for _, h := range hs {
 			kh = append(kh, kafka.Header{Key: h.Key, Value: h.Value})
-			hasID = hasID || strings.EqualFold(h.Key, HeaderMessageID)
+			hasID = hasID || strings.EqualFold(h.Key, exactly.Header)
 		}
 		if !hasID {
-			kh = append(kh, kafka.Header{Key: HeaderMessageID, Value: []byte(x.messageID)})
+			kh = append(kh, kafka.Header{Key: exactly.Header, Value: []byte(x.messageID)})
 		}
 		msgs[i] = kafka.Message{Topic: x.topic, Key: x.key, Value: x.value, Headers: kh}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/migrate"
@@ -781,8 +782,8 @@ func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
 }
 
 // replayHeaders returns the headers and outbox message id of a dead
-// letter's replay. The replay carries one token, in one header named exactly
-// outbox.HeaderMessageID (the relay adds its own header beside any other
+// letter's replay. The replay carries one token, in one header spelled
+// exactly as exactly.Header (the relay adds its own header beside any other
 // spelling, and consumers refuse a message with two):
 //
 //   - The message's own token when it had a usable one: its single token
@@ -798,7 +799,7 @@ func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
 func replayHeaders(keys []string, values [][]byte, reason, topic string, partition int, offset int64) ([]kafka.Header, string) {
 	var tokens []int
 	for i, k := range keys {
-		if strings.EqualFold(k, outbox.HeaderMessageID) {
+		if strings.EqualFold(k, exactly.Header) {
 			tokens = append(tokens, i)
 		}
 	}
@@ -813,7 +814,7 @@ func replayHeaders(keys []string, values [][]byte, reason, topic string, partiti
 	for i, k := range keys {
 		switch {
 		case i == keep:
-			hs = append(hs, kafka.Header{Key: outbox.HeaderMessageID, Value: values[i]})
+			hs = append(hs, kafka.Header{Key: exactly.Header, Value: values[i]})
 		case !slices.Contains(tokens, i):
 			hs = append(hs, kafka.Header{Key: k, Value: values[i]})
 		}

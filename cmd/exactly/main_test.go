@@ -25,6 +25,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -305,11 +306,11 @@ func TestReplayWithoutUsableToken(t *testing.T) {
 	)
 	// The message marked "old" is read as consumers did before repeated
 	// headers were refused: the first one.
-	b.cfg.Token = inbox.TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
+	b.cfg.Token = consumer.TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		if len(m.Headers) == 3 && m.Headers[2].Key == "old" {
 			return inbox.ParseToken(string(m.Headers[0].Value))
 		}
-		return inbox.FromHeader("").Token(m)
+		return consumer.FromHeader("").Token(m)
 	})
 	b.poison.Store(map[string]bool{"order-3": true, "order-4": true})
 	b.consume(t, 5)
@@ -344,8 +345,8 @@ func TestReplayWithoutUsableToken(t *testing.T) {
 		tok := id // published as the Idempotency-Key when no header has one
 		n := 0
 		for _, h := range headers {
-			if strings.EqualFold(h.Key, outbox.HeaderMessageID) {
-				if h.Key != outbox.HeaderMessageID {
+			if strings.EqualFold(h.Key, exactly.Header) {
+				if h.Key != exactly.Header {
 					t.Errorf("outbox row %s: token header spelled %q; the relay would add a second", id, h.Key)
 				}
 				tok = string(h.Value)
@@ -505,8 +506,8 @@ func TestOutboxDeadLetters(t *testing.T) {
 	}
 	runRelay(t, pool, relayCfg)
 	got := kafkatest.ReadAll(t, missing, 1, 1, 60*time.Second)
-	if string(got[0].Value) != "replay me" || kafkatest.Header(got[0], outbox.HeaderMessageID) != ids[0] || kafkatest.Header(got[0], "trace") != "t1" {
-		t.Fatalf("published %q with id %q, want the replay with id %s", got[0].Value, kafkatest.Header(got[0], outbox.HeaderMessageID), ids[0])
+	if string(got[0].Value) != "replay me" || kafkatest.Header(got[0], exactly.Header) != ids[0] || kafkatest.Header(got[0], "trace") != "t1" {
+		t.Fatalf("published %q with id %q, want the replay with id %s", got[0].Value, kafkatest.Header(got[0], exactly.Header), ids[0])
 	}
 }
 

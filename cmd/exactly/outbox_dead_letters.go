@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -201,7 +202,7 @@ func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, re
 			}
 			for _, h := range hs {
 				m.Headers = append(m.Headers, kafka.Header{Key: h.Key, Value: h.Value})
-				if h.Key == outbox.HeaderMessageID {
+				if h.Key == exactly.Header {
 					m.ID = "" // the application's own token travels in its header
 				}
 			}

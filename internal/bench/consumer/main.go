@@ -56,15 +56,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/bench/benchkit"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
 const partitions = 4
@@ -538,7 +539,7 @@ func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) 
 		return result{}, err
 	}
 	ins := insertSQL(effects)
-	tokens := inbox.FromHeader("")
+	tokens := consumer.FromHeader("")
 	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
 		tok, err := tokens.Token(m.Message)
 		if err != nil {
@@ -574,7 +575,7 @@ func (b *bench) naive(ctx context.Context, bl backlog, round int, profile bool) 
 		return result{}, err
 	}
 	ins := insertSQL(effects)
-	tokens := inbox.FromHeader("")
+	tokens := consumer.FromHeader("")
 	var ph phases
 	part := func(fetchCtx, procCtx context.Context, gen *kafka.Generation, r *kafka.Reader, topic string, id int) error {
 		limit := bl.naive[id]
@@ -999,7 +1000,7 @@ func (b *bench) produceBacklog(ctx context.Context, n, naive int) (backlog, erro
 		m := kafka.Message{
 			Key:     []byte("key-" + strconv.Itoa(k)),
 			Value:   []byte(v + pad[:max(0, *size-len(v))]),
-			Headers: []kafka.Header{{Key: inbox.DefaultHeader, Value: []byte(uuidv7.New().String())}},
+			Headers: []kafka.Header{{Key: exactly.Header, Value: []byte(uuid.Must(uuid.NewV7()).String())}},
 		}
 		if i < naive {
 			bl.naive[balancer.Balance(m, 0, 1, 2, 3)]++

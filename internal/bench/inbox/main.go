@@ -19,12 +19,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/bench/benchkit"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
 type variant struct {
@@ -212,7 +212,7 @@ func run(ctx context.Context, pool *pgxpool.Pool, v variant, batch, n int) (floa
 
 func newToken(kind string) inbox.Token {
 	if kind == "uuidv7" {
-		return inbox.UUIDToken(uuidv7.New())
+		return inbox.UUIDToken(uuid.Must(uuid.NewV7()))
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])

@@ -101,7 +101,7 @@ func run() int {
 	}
 	for _, name := range []string{"orders-api", "relay", "payments-worker", "shipping-worker", "loadgen", "verify"} {
 		if _, err := os.Stat(filepath.Join(o.bin, name)); err != nil {
-			fmt.Fprintf(os.Stderr, "demo: %s not found in -bin %s: build the programs first (go build -o %s/ ./examples/orders/cmd/...)\n", name, o.bin, o.bin)
+			fmt.Fprintf(os.Stderr, "demo: %s not found in -bin %s: build the programs first (in examples/: go build -o %s/ ./orders/cmd/...)\n", name, o.bin, o.bin)
 			return 2
 		}
 	}

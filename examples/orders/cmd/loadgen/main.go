@@ -35,11 +35,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
-	"github.com/exactlyhq/exactly/inbox"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -281,7 +281,7 @@ var skus = []string{"kettle", "teapot", "mug", "grinder", "scale", "filter-paper
 
 func (lg *loadgen) placeOrder(ctx context.Context) {
 	lg.requested.Add(1)
-	key := uuidv7.New().String()
+	key := uuid.Must(uuid.NewV7()).String()
 	customer := fmt.Sprintf("customer-%03d", rand.IntN(max(lg.opts.customers, 1)))
 	body, _ := json.Marshal(shop.OrderRequest{Customer: customer, SKU: skus[rand.IntN(len(skus))], AmountCents: 100 + rand.IntN(50_000)})
 	clicks := 1
@@ -534,7 +534,7 @@ func (rd *redeliverer) chosen(orderID string) bool {
 func (rd *redeliverer) offer(m kafka.Message) {
 	id := ""
 	for _, h := range m.Headers {
-		if strings.EqualFold(h.Key, inbox.DefaultHeader) {
+		if strings.EqualFold(h.Key, exactly.Header) {
 			id = string(h.Value)
 			break
 		}

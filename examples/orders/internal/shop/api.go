@@ -14,12 +14,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/idempotency"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -193,8 +193,13 @@ func (a *API) createOrder(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	req := ctx.Value(orderRequestKey{}).(OrderRequest)
 	tx := idempotency.Tx(ctx)
-	o := Order{ID: uuidv7.New().String(), Customer: req.Customer, SKU: req.SKU, AmountCents: req.AmountCents, Status: "placed"}
-	err := tx.QueryRow(ctx, `INSERT INTO `+a.names.Table("orders")+` (id, customer, sku, amount_cents, status)
+	id, err := uuid.NewV7() // time-ordered: new orders land at the right edge of the index
+	if err != nil {
+		a.internal(w, r, "new order id", err)
+		return
+	}
+	o := Order{ID: id.String(), Customer: req.Customer, SKU: req.SKU, AmountCents: req.AmountCents, Status: "placed"}
+	err = tx.QueryRow(ctx, `INSERT INTO `+a.names.Table("orders")+` (id, customer, sku, amount_cents, status)
 		VALUES ($1, $2, $3, $4, 'placed') RETURNING created_at`, o.ID, o.Customer, o.SKU, o.AmountCents).Scan(&o.CreatedAt)
 	if err != nil {
 		a.internal(w, r, "insert order", err)

@@ -13,11 +13,11 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
 	"github.com/exactlyhq/exactly/internal/pgtest"
-	"github.com/exactlyhq/exactly/internal/uuidv7"
 )
 
 func TestParseOrderRequest(t *testing.T) {
@@ -129,7 +129,7 @@ func post(f *apiFixture, key, customer, body string) answer {
 func TestAPIPlaceOrderOnce(t *testing.T) {
 	t.Parallel()
 	f := newAPI(t)
-	key := uuidv7.New().String()
+	key := uuid.Must(uuid.NewV7()).String()
 	first := post(f, key, "alice", validOrder)
 	if first.status != http.StatusCreated {
 		t.Fatalf("first POST: %d %v", first.status, first.body)
@@ -169,7 +169,7 @@ func TestAPIPlaceOrderOnce(t *testing.T) {
 func TestAPIDoubleClick(t *testing.T) {
 	t.Parallel()
 	f := newAPI(t)
-	key := uuidv7.New().String()
+	key := uuid.Must(uuid.NewV7()).String()
 	const clicks = 5
 	ids := make([]any, clicks)
 	var wg sync.WaitGroup
@@ -198,7 +198,7 @@ func TestAPIDoubleClick(t *testing.T) {
 func TestAPIRejects(t *testing.T) {
 	t.Parallel()
 	f := newAPI(t)
-	key := uuidv7.New().String()
+	key := uuid.Must(uuid.NewV7()).String()
 	for _, tc := range []struct {
 		name    string
 		body    string
@@ -233,10 +233,11 @@ func TestAPIRejects(t *testing.T) {
 	if a.status != http.StatusCreated || a.header.Get("Idempotent-Replayed") != "" {
 		t.Fatalf("valid request after refused ones with its key: %d %v replayed=%q", a.status, a.body, a.header.Get("Idempotent-Replayed"))
 	}
+	unknown := "/orders/" + uuid.Must(uuid.NewV7()).String()
 	for path, want := range map[string]int{
-		"/orders/not-a-uuid":               400,
-		"/orders/" + uuidv7.New().String(): 404,
-		"/healthz":                         200,
+		"/orders/not-a-uuid": 400,
+		unknown:              404,
+		"/healthz":           200,
 	} {
 		if a := f.do(http.MethodGet, path, ""); a.status != want {
 			t.Errorf("GET %s: %d %v, want %d", path, a.status, a.body, want)

@@ -1,4 +1,4 @@
-package inbox
+package consumer
 
 import (
 	"crypto/sha256"
@@ -8,46 +8,47 @@ import (
 	"strings"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly"
+	"github.com/exactlyhq/exactly/inbox"
 )
 
-// DefaultHeader is the header that carries a message's idempotency token
-// unless configured otherwise. The outbox sets it on every message it
-// publishes, so downstream consumers dedup relay repeats with no
-// configuration.
-const DefaultHeader = "Idempotency-Key"
-
-// TokenSource finds the idempotency token of a Kafka message. It returns an
-// error wrapping ErrNoToken when the message has none, and never panics.
+// TokenSource finds the idempotency token of a Kafka message
+// ([Config].Token). It returns an error wrapping [inbox.ErrNoToken] when the
+// message has none, one wrapping [inbox.ErrInvalidToken] when its token is
+// unusable, and never panics. The sources live here, beside the Kafka
+// client, so that package inbox knows tokens and not Kafka.
 type TokenSource interface {
-	Token(m kafka.Message) (Token, error)
+	Token(m kafka.Message) (inbox.Token, error)
 }
 
 // TokenSourceFunc adapts a function to a TokenSource.
-type TokenSourceFunc func(m kafka.Message) (Token, error)
+type TokenSourceFunc func(m kafka.Message) (inbox.Token, error)
 
 // Token calls f.
-func (f TokenSourceFunc) Token(m kafka.Message) (Token, error) { return f(m) }
+func (f TokenSourceFunc) Token(m kafka.Message) (inbox.Token, error) { return f(m) }
 
 // FromHeader reads the token from the header named name, compared
 // case-insensitively as HTTP header names are. An empty name means
-// DefaultHeader. A message with the header more than once (Kafka allows
-// repeated headers) has no single token: FromHeader returns an error
-// wrapping ErrInvalidToken rather than guess which one the producer meant.
+// [exactly.Header], which the outbox relay sets on every message. A message
+// with the header more than once (Kafka allows repeated headers) has no
+// single token: FromHeader returns an error wrapping [inbox.ErrInvalidToken]
+// rather than guess which one the producer meant.
 func FromHeader(name string) TokenSource {
 	if name == "" {
-		name = DefaultHeader
+		name = exactly.Header
 	}
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		v, ok, err := header(m, name)
 		if err != nil {
-			return Token{}, err
+			return inbox.Token{}, err
 		}
 		if !ok {
-			return Token{}, fmt.Errorf("%w: header %q absent", ErrNoToken, name)
+			return inbox.Token{}, fmt.Errorf("%w: header %q absent", inbox.ErrNoToken, name)
 		}
-		t, err := ParseToken(string(v))
+		t, err := inbox.ParseToken(string(v))
 		if err != nil {
-			return Token{}, fmt.Errorf("header %q: %w", name, err)
+			return inbox.Token{}, fmt.Errorf("header %q: %w", name, err)
 		}
 		return t, nil
 	})
@@ -56,7 +57,7 @@ func FromHeader(name string) TokenSource {
 // FromCloudEvents reads the token of a CloudEvents binary-mode Kafka message:
 // the ce_id header, qualified by ce_source when present, since the CloudEvents
 // specification makes an id unique only within its source. Either header
-// repeated is an error wrapping ErrInvalidToken.
+// repeated is an error wrapping [inbox.ErrInvalidToken].
 //
 // The token of an event that follows the specification (no control
 // characters in ce_source or ce_id) is the source, a newline and the id, or
@@ -66,21 +67,21 @@ func FromHeader(name string) TokenSource {
 // with at least two newlines, which no conforming event's token has, and
 // from which source and id can be read back.
 func FromCloudEvents() TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		id, ok, err := header(m, "ce_id")
 		if err != nil {
-			return Token{}, err
+			return inbox.Token{}, err
 		}
 		if !ok || len(id) == 0 {
-			return Token{}, fmt.Errorf("%w: header \"ce_id\" absent", ErrNoToken)
+			return inbox.Token{}, fmt.Errorf("%w: header \"ce_id\" absent", inbox.ErrNoToken)
 		}
 		src, _, err := header(m, "ce_source")
 		if err != nil {
-			return Token{}, err
+			return inbox.Token{}, err
 		}
-		t, err := ParseToken(cloudEventsToken(string(src), string(id)))
+		t, err := inbox.ParseToken(cloudEventsToken(string(src), string(id)))
 		if err != nil {
-			return Token{}, fmt.Errorf("ce_id: %w", err)
+			return inbox.Token{}, fmt.Errorf("ce_id: %w", err)
 		}
 		return t, nil
 	})
@@ -102,13 +103,13 @@ func cloudEventsToken(src, id string) string {
 // logical event (an order id for "order placed"), wrong when a key carries
 // many events (an account id).
 func FromKey() TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		if len(m.Key) == 0 {
-			return Token{}, fmt.Errorf("%w: message has no key", ErrNoToken)
+			return inbox.Token{}, fmt.Errorf("%w: message has no key", inbox.ErrNoToken)
 		}
-		t, err := ParseToken(string(m.Key))
+		t, err := inbox.ParseToken(string(m.Key))
 		if err != nil {
-			return Token{}, fmt.Errorf("key: %w", err)
+			return inbox.Token{}, fmt.Errorf("key: %w", err)
 		}
 		return t, nil
 	})
@@ -118,14 +119,14 @@ func FromKey() TokenSource {
 // messages with the same key and bytes are one message. Use it only when
 // identical content can never be a legitimately repeated event.
 func FromContentHash() TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		h := sha256.New()
 		var n [8]byte
 		putLen(n[:], len(m.Key))
 		h.Write(n[:])
 		h.Write(m.Key)
 		h.Write(m.Value)
-		return DigestToken(h.Sum(nil))
+		return inbox.DigestToken(h.Sum(nil))
 	})
 }
 
@@ -141,23 +142,23 @@ func putLen(b []byte, n int) {
 // writes two offsets, and both are processed. Prefer a token the producer
 // chooses.
 func FromOffset() TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		if m.Topic == "" {
-			return Token{}, fmt.Errorf("%w: message has no topic", ErrNoToken)
+			return inbox.Token{}, fmt.Errorf("%w: message has no topic", inbox.ErrNoToken)
 		}
-		return ParseToken(m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10))
+		return inbox.ParseToken(m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10))
 	})
 }
 
 // FromFunc derives the token from a string that fn computes, such as a field
 // of the decoded payload. An empty string means the message has no token.
 func FromFunc(fn func(m kafka.Message) (string, error)) TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		s, err := fn(m)
 		if err != nil {
-			return Token{}, fmt.Errorf("%w: %w", ErrNoToken, err)
+			return inbox.Token{}, fmt.Errorf("%w: %w", inbox.ErrNoToken, err)
 		}
-		return ParseToken(s)
+		return inbox.ParseToken(s)
 	})
 }
 
@@ -165,25 +166,25 @@ func FromFunc(fn func(m kafka.Message) (string, error)) TokenSource {
 // source that finds a token that is invalid stops the search: falling back
 // from a bad token to a weaker one would hide the producer's mistake.
 func FirstOf(sources ...TokenSource) TokenSource {
-	return TokenSourceFunc(func(m kafka.Message) (Token, error) {
+	return TokenSourceFunc(func(m kafka.Message) (inbox.Token, error) {
 		var errs []string
 		for _, s := range sources {
 			t, err := s.Token(m)
 			if err == nil {
 				return t, nil
 			}
-			if !errors.Is(err, ErrNoToken) {
-				return Token{}, err
+			if !errors.Is(err, inbox.ErrNoToken) {
+				return inbox.Token{}, err
 			}
-			errs = append(errs, strings.TrimPrefix(err.Error(), ErrNoToken.Error()+": "))
+			errs = append(errs, strings.TrimPrefix(err.Error(), inbox.ErrNoToken.Error()+": "))
 		}
-		return Token{}, fmt.Errorf("%w: %s", ErrNoToken, strings.Join(errs, "; "))
+		return inbox.Token{}, fmt.Errorf("%w: %s", inbox.ErrNoToken, strings.Join(errs, "; "))
 	})
 }
 
 // header returns the value of the header named name (compared
 // case-insensitively) and whether there is one; a header that occurs more
-// than once is an error wrapping ErrInvalidToken.
+// than once is an error wrapping inbox.ErrInvalidToken.
 func header(m kafka.Message, name string) ([]byte, bool, error) {
 	var v []byte
 	n := 0
@@ -194,7 +195,7 @@ func header(m kafka.Message, name string) ([]byte, bool, error) {
 		}
 	}
 	if n > 1 {
-		return nil, false, fmt.Errorf("%w: %d %s headers", ErrInvalidToken, n, name)
+		return nil, false, fmt.Errorf("%w: %d %s headers", inbox.ErrInvalidToken, n, name)
 	}
 	return v, n == 1, nil
 }
