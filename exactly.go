@@ -1,4 +1,6 @@
-// Package exactly holds the vocabulary that the packages below it share.
+// Package exactly holds the vocabulary that the packages below it share: the
+// Header that carries idempotency tokens and DB, the database handle they
+// all take.
 // The work is done by [github.com/exactlyhq/exactly/consumer],
 // [github.com/exactlyhq/exactly/outbox],
 // [github.com/exactlyhq/exactly/idempotency],
