@@ -765,7 +765,7 @@ func (p *partition) deadLetter(ctx context.Context, tx pgx.Tx, it *item) error {
 		it.endSpan(nil)
 		ctx = p.c.tracer.message(ctx, it, "dead_lettered")
 		it.span.SetAttributes(AttrDeadLetterReason.String(it.reason))
-		it.span.AddEvent("dead_lettered")
+		it.span.AddEvent(EventDeadLettered)
 		defer it.endSpan(fmt.Errorf("dead-lettered (%s): %w", it.reason, it.err))
 	}
 	var token *string

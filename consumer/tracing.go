@@ -37,6 +37,15 @@ const (
 	AttrDeadLetterReason = attribute.Key("exactly.dead_letter.reason")
 )
 
+// Span events.
+const (
+	// EventDuplicate marks a message the inbox skipped: an earlier
+	// delivery of its token committed.
+	EventDuplicate = "duplicate skipped"
+	// EventDeadLettered marks a message moved to the dead-letter table.
+	EventDeadLettered = "dead_lettered"
+)
+
 // w3c reads the trace context producers write: the outbox writes W3C trace
 // context whatever the global propagator is, so the consumer reads it too.
 var w3c = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
@@ -110,6 +119,9 @@ func (tr *tracer) message(ctx context.Context, it *item, outcome string) context
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 	}
 	_, span := tr.t.Start(it.producer(), "handle "+m.Topic, opts...)
+	if outcome == "duplicate" {
+		span.AddEvent(EventDuplicate)
+	}
 	it.span = span
 	return trace.ContextWithSpan(ctx, span)
 }
