@@ -78,7 +78,13 @@ func (p *partition) beginAssignment(ctx context.Context, first, last int64) erro
 		// back (a reset, an expired group), not a death here. (The first
 		// row, not the last: on a compacted topic, or one full of
 		// transaction markers, a batch spans more offsets than messages.)
-		if lowest-first <= 4*int64(p.c.cfg.BatchSize) {
+		// (Lanes record their row at the watermark, up to MaxPending
+		// before where they run.)
+		limit := 4 * int64(p.c.cfg.BatchSize)
+		if p.c.cfg.KeyConcurrency > 1 {
+			limit += int64(p.c.cfg.MaxPending)
+		}
+		if lowest-first <= limit {
 			p.suspects = suspects{starts: starts, last: suspectUpTo}
 			p.log.Warn("an earlier owner started this partition here and did not get past it; running one message at a time, counting attempts", "offset", first, "until_offset", suspectUpTo)
 			return nil
@@ -149,7 +155,9 @@ func (p *partition) settledAttempts(ctx context.Context, tx pgx.Tx, settled []*i
 // committed is told that the transaction of the last settledAttempts
 // committed.
 func (p *partition) committed() {
-	p.startRow = -1
+	if p.startRow >= 0 { // never with lanes, which run at once
+		p.startRow = -1
+	}
 }
 
 // unrecordAttempt takes back the attempt startAttempt recorded for it, when

@@ -25,6 +25,7 @@ const (
 	BatchSizeDefault              = 500
 	BatchWaitDefault              = 20 * time.Millisecond
 	MaxAttemptsDefault            = 5
+	KeyConcurrencyDefault         = 1 // off: one transaction at a time per partition
 	RetryInitialDefault           = 100 * time.Millisecond
 	RetryMaxDefault               = 10 * time.Second
 	MaxMessageBytesDefault        = 1 << 20
@@ -86,6 +87,26 @@ type Config struct {
 	// BatchWait is how long a batch waits to fill once its first message
 	// arrived. Defaults to 20ms.
 	BatchWait time.Duration
+	// KeyConcurrency, above 1, runs the messages of one partition
+	// concurrently across keys: up to KeyConcurrency transactions at once
+	// per partition, each over a batch of messages whose keys no other
+	// transaction holds, so that messages of one key never run at once nor
+	// out of order (messages without a key keep their order among
+	// themselves). The committed offset is the watermark, the first message
+	// not settled; after a crash, messages beyond it that committed are
+	// redelivered and skipped by the inbox. A failing message holds only its
+	// key. Do not use it when handlers need order across keys. A member then
+	// needs up to KeyConcurrency connections per assigned partition (the
+	// pool's MaxConns caps them: lanes wait for a connection). For slow
+	// handlers, a BatchSize near MaxPending/KeyConcurrency keeps every lane
+	// busy. Defaults to 1: strict partition order (keyed.go).
+	KeyConcurrency int
+	// MaxPending is how many messages of a partition beyond its watermark
+	// KeyConcurrency holds in memory (plus at most one fetch): when it is
+	// reached, fetching waits, so a stuck key stalls its partition rather
+	// than growing memory. A member holds at most its assigned partitions ×
+	// MaxPending messages. Defaults to BatchSize × (KeyConcurrency + 1).
+	MaxPending int
 	// MaxAttempts is how often a message's handler may fail before the
 	// message is dead-lettered. Defaults to 5; 1 dead-letters on the first
 	// failure.
@@ -164,6 +185,8 @@ func (c Config) withDefaults() Config {
 	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
 	c.BatchWait = cmp.Or(c.BatchWait, BatchWaitDefault)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.KeyConcurrency = cmp.Or(c.KeyConcurrency, KeyConcurrencyDefault)
+	c.MaxPending = cmp.Or(c.MaxPending, c.BatchSize*(c.KeyConcurrency+1))
 	c.RetryInitial = cmp.Or(c.RetryInitial, RetryInitialDefault)
 	c.RetryMax = cmp.Or(c.RetryMax, RetryMaxDefault)
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, MaxMessageBytesDefault)
@@ -231,6 +254,12 @@ func (c Config) validate() error {
 	}
 	if c.HeartbeatInterval >= c.SessionTimeout {
 		errs = append(errs, fmt.Errorf("consumer: Config.HeartbeatInterval: %v must be less than SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout))
+	}
+	if c.KeyConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("consumer: Config.KeyConcurrency: must be at least 1, got %d", c.KeyConcurrency))
+	}
+	if c.MaxPending < c.BatchSize {
+		errs = append(errs, fmt.Errorf("consumer: Config.MaxPending: %d is less than BatchSize %d", c.MaxPending, c.BatchSize))
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("consumer: Config.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))

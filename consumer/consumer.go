@@ -387,6 +387,7 @@ type queries struct {
 	AttemptsRead    string `sql:"attempts_read"`
 	AttemptsSettled string `sql:"attempts_settled"`
 	AttemptsStart   string `sql:"attempts_start"`
+	AttemptsWindow  string `sql:"attempts_window"`
 	Begin           string `sql:"begin"`
 	CheckTables     string `sql:"check_tables"`
 	DeadLetter      string `sql:"dead_letter"`

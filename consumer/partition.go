@@ -53,15 +53,17 @@ type partition struct {
 
 // item is a fetched message and what the consumer learned about it.
 type item struct {
-	msg      kafka.Message
-	token    inbox.Token
-	fp       []byte
-	reason   string            // non-empty: dead-letter without handling
-	err      error             // why, for reason; or the handler's last error
-	attempts int               // handler failures so far
-	commitTo int64             // the offset to commit once it is settled
-	span     trace.Span        // the span of the attempt in progress, if traced
-	lastSpan trace.SpanContext // the span of its last attempt, for logs
+	msg        kafka.Message
+	token      inbox.Token
+	fp         []byte
+	reason     string            // non-empty: dead-letter without handling
+	err        error             // why, for reason; or the handler's last error
+	attempts   int               // handler failures so far
+	commitTo   int64             // the offset to commit once it is settled
+	settled    bool              // with KeyConcurrency: its transaction committed
+	retryAfter time.Duration     // with KeyConcurrency: its key's wait after its last failure
+	span       trace.Span        // the span of the attempt in progress, if traced
+	lastSpan   trace.SpanContext // the span of its last attempt, for logs
 }
 
 func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, transport *kafka.Transport, topic string, a kafka.PartitionAssignment) *partition {
@@ -136,6 +138,22 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 			pending, queue = p.nextBatch(fetchCtx, chunks, queue)
 			if len(pending) == 0 {
 				return // fetchCtx ended
+			}
+		}
+		if cfg.KeyConcurrency > 1 && p.suspects.starts == nil {
+			if !p.assigned {
+				// The lanes keep the attempt row themselves (keyed.go).
+				if err := p.beginAssignment(procCtx, pending[0].msg.Offset, pending[0].msg.Offset); err != nil {
+					if !p.keyedStartFailed(procCtx, bo, err) {
+						return
+					}
+					continue
+				}
+				p.assigned, p.startRow = true, -1
+			}
+			if p.suspects.starts == nil {
+				p.runKeyed(fetchCtx, procCtx, chunks, append(pending, queue...))
+				return
 			}
 		}
 		n, err := p.step(procCtx, pending)
@@ -427,7 +445,7 @@ func (p *partition) process(ctx context.Context, items []*item) (int, error) {
 		err error
 	)
 	ctx, span := p.c.tracer.batch(ctx, p.topic, p.id, items)
-	if items[0].attempts == 0 {
+	if !retried(items) {
 		t, err = p.optimistic(ctx, items)
 		var he *handlerError
 		switch {
@@ -449,6 +467,17 @@ func (p *partition) process(ctx context.Context, items []*item) (int, error) {
 		p.count(ctx, t)
 	}
 	return n, err
+}
+
+// retried reports whether a message of items failed before: such a batch
+// takes the careful path at once.
+func retried(items []*item) bool {
+	for _, it := range items {
+		if it.attempts > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *partition) count(ctx context.Context, t tally) {

@@ -1,0 +1,187 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/internal/kafkatest"
+)
+
+// TestKeyedOrderAndOnce: with KeyConcurrency, messages of different keys of
+// one partition run at once, each is applied once, and each key's messages
+// run in order.
+func TestKeyedOrderAndOnce(t *testing.T) {
+	t.Parallel()
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, 2)
+			b.cfg.KeyConcurrency = 8
+			b.cfg.BatchSize = 20
+			const n = 3000
+			kafkatest.Produce(t, b.writer, msgs("ko", n, 150)...)
+			apply := insertEffect(b.effects)
+			var running, most atomic.Int32
+			slow := func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+				now := running.Add(1)
+				defer running.Add(-1)
+				for old := most.Load(); now > old && !most.CompareAndSwap(old, now); old = most.Load() {
+				}
+				time.Sleep(200 * time.Microsecond)
+				return apply(ctx, tx, m)
+			}
+			var c *consumer.Consumer
+			var err error
+			if batch {
+				c, err = consumer.NewBatch(b.cfg, consumer.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, ms []consumer.Message) error {
+					for _, m := range ms {
+						if err := slow(ctx, tx, m); err != nil {
+							return err
+						}
+					}
+					return nil
+				}))
+			} else {
+				c, err = consumer.New(b.cfg, consumer.HandlerFunc(slow))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, c)
+			waitCommitted(t, b, n)
+			checkEffects(t, b, n)
+			// Two partitions: more than two handlers at once means lanes.
+			if most.Load() <= 2 {
+				t.Errorf("at most %d handlers ran at once, want more than one per partition", most.Load())
+			}
+		})
+	}
+}
+
+// TestKeyedPoisonKeyBlocksOnlyItsKey: a message that keeps failing holds
+// its key, and only its key: every other key is applied meanwhile, the
+// watermark stays before it, and once it is dead-lettered the rest of its
+// key follows.
+func TestKeyedPoisonKeyBlocksOnlyItsKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	b.cfg.KeyConcurrency = 4
+	b.cfg.BatchSize = 10
+	b.cfg.MaxAttempts = 4
+	b.cfg.RetryInitial = 300 * time.Millisecond
+	b.cfg.RetryMax = 300 * time.Millisecond
+	const n = 400
+	all := msgs("pk", n, 8) // key-3's first message is pk-3, at offset 3
+	kafkatest.Produce(t, b.writer, all...)
+	apply := insertEffect(b.effects)
+	var failures atomic.Int32
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if m.Token.String() == "pk-3" {
+			failures.Add(1)
+			return errors.New("always fails")
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	// Every other key's 350 messages are applied while key-3 waits.
+	waitCount(t, b.pool, 30*time.Second, n-n/8, "SELECT count(*) FROM "+b.effects+" WHERE key <> 'key-3'")
+	var key3 int
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+b.effects+" WHERE key = 'key-3'").Scan(&key3); err != nil {
+		t.Fatal(err)
+	}
+	if f := failures.Load(); f >= int32(b.cfg.MaxAttempts) || key3 != 0 {
+		t.Fatalf("other keys done after %d failures of pk-3 with %d of key-3 applied: want fewer than %d failures and none of key-3 (it waits behind pk-3)", f, key3, b.cfg.MaxAttempts)
+	}
+	if got := committed(t, b.cfg.GroupID, b.topic); got > 3 {
+		t.Fatalf("committed offset %d while pk-3 (offset 3) is not settled: past the watermark", got)
+	}
+	waitCommitted(t, b, n)
+	checkEffects(t, b, n-1)
+	dl := deadLetters(t, b)
+	if len(dl) != 1 || !strings.HasPrefix(dl["pk-3@3"], consumer.ReasonHandlerError+":4:") {
+		t.Fatalf("dead letters %v, want pk-3@3 after 4 attempts", dl)
+	}
+}
+
+// TestKeyedStuckKeyBoundsMemory: a key stuck for a long time under a steady
+// stream of other keys holds at most MaxPending messages (plus one fetch)
+// beyond the watermark: then fetching waits, instead of memory growing.
+func TestKeyedStuckKeyBoundsMemory(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	b.cfg.KeyConcurrency = 4
+	b.cfg.BatchSize = 10
+	b.cfg.MaxPending = 200
+	const n = 2000
+	value := strings.Repeat("v", 16<<10) // 16 KiB: a 1 MiB fetch holds some 60
+	stuck := make(chan struct{})
+	var handled atomic.Int32
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if string(m.Key) == "stuck" {
+			select {
+			case <-stuck:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		handled.Add(1)
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { close(stuck) }) }
+	t.Cleanup(release)
+	start(t, c)
+	w := kafkatest.Writer(t, b.topic)
+	kafkatest.Produce(t, w, kafka.Message{Key: []byte("stuck"), Value: []byte("0"), Headers: token("stuck-0")})
+	var batch []kafka.Message
+	for i := range n {
+		batch = append(batch, kafka.Message{Key: []byte("k" + strconv.Itoa(i%50)), Value: []byte(value), Headers: token("s-" + strconv.Itoa(i))})
+		if len(batch) == 100 {
+			kafkatest.Produce(t, w, batch...)
+			batch = batch[:0]
+		}
+	}
+	// It reaches its bound and stays there.
+	var last int32
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		time.Sleep(time.Second)
+		now := handled.Load()
+		if now == last && now > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still handling: %d", now)
+		}
+		last = now
+	}
+	if last > 200+100 || last < 100 {
+		t.Fatalf("%d messages handled beyond the stuck one, want MaxPending (200) plus at most one fetch", last)
+	}
+	if got := committed(t, b.cfg.GroupID, b.topic); got > 0 {
+		t.Fatalf("committed offset %d past the stuck message at 0", got)
+	}
+	release()
+	waitCommitted(t, b, n+1)
+	if got := handled.Load(); got != n+1 {
+		t.Fatalf("handled %d, want %d", got, n+1)
+	}
+}
+
+func token(s string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}} }
