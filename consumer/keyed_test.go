@@ -184,4 +184,6 @@ func TestKeyedStuckKeyBoundsMemory(t *testing.T) {
 	}
 }
 
-func token(s string) []kafka.Header { return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}} }
+func token(s string) []kafka.Header {
+	return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}}
+}
