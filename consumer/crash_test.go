@@ -73,6 +73,16 @@ func childMain() int {
 	if n, err := strconv.Atoi(os.Getenv("CHILD_MAX_ATTEMPTS")); err == nil {
 		cfg.MaxAttempts = n
 	}
+	// CHILD_KEYED=N: lanes (Config.KeyConcurrency); each skipped duplicate
+	// is recorded in the table skips, in its transaction.
+	if n, err := strconv.Atoi(os.Getenv("CHILD_KEYED")); err == nil {
+		cfg.KeyConcurrency = n
+		skips := pgx.Identifier{schema, "skips"}.Sanitize()
+		cfg.OnDuplicate = func(ctx context.Context, tx pgx.Tx, m consumer.Message, _ []byte) error {
+			_, err := tx.Exec(ctx, "INSERT INTO "+skips+" (token, kafka_offset) VALUES ($1, $2)", m.Token.String(), m.Offset)
+			return err
+		}
+	}
 	apply := insertEffect(pgx.Identifier{schema, "effects"}.Sanitize())
 	exitOn, exits := strings.CutPrefix(os.Getenv("CHILD_HOOK"), "exit:")
 	// CHILD_SLOW=TOKEN: the handler of TOKEN takes 3s, and with exit: the
