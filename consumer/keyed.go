@@ -361,11 +361,10 @@ func (k *keyed) next(now time.Time) time.Duration {
 	for _, ks := range k.waiting {
 		at = minTime(at, ks.retryAt)
 	}
-	if k.items > 0 {
+	if k.items > 0 && k.inflight < k.p.c.cfg.KeyConcurrency { // else a lane's end wakes it
 		if k.pause.After(now) {
 			at = minTime(at, k.pause)
-		}
-		if k.inflight > 0 {
+		} else if k.inflight > 0 {
 			at = minTime(at, k.since.Add(k.p.c.cfg.BatchWait))
 		}
 	}
