@@ -348,7 +348,7 @@ func TestAPITraced(t *testing.T) {
 	for _, s := range rec.Ended() {
 		sp := span{s, map[string]string{}}
 		for _, kv := range s.Attributes() {
-			sp.attrs[string(kv.Key)] = kv.Value.Emit()
+			sp.attrs[string(kv.Key)] = kv.Value.String()
 		}
 		switch s.Name() {
 		case "POST /orders":

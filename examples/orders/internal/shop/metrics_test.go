@@ -127,7 +127,7 @@ func TestTracingResource(t *testing.T) {
 		}
 		attrs := map[attribute.Key]string{}
 		for _, kv := range res.Attributes() {
-			attrs[kv.Key] = kv.Value.Emit()
+			attrs[kv.Key] = kv.Value.String()
 		}
 		if attrs["service.name"] != tc.want || attrs["deployment.environment.name"] != "demo" || attrs["host.name"] == "" || attrs["process.pid"] == "" {
 			t.Errorf("OTEL_SERVICE_NAME=%q: resource %v, want service.name %s, the environment's attribute, host.name and process.pid", tc.env, attrs, tc.want)
