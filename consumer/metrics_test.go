@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
@@ -90,4 +91,34 @@ func collect(t *testing.T, mp *metrictest.Provider) (counts map[string]int64, ba
 		}
 	}
 	return counts, batches, gauges
+}
+
+// TestRetriesTraced: with a TracerProvider, a handler failure on the
+// careful path still goes back to the retry loop (counted, logged, backed
+// off) instead of passing for a settled batch.
+func TestRetriesTraced(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	mp := metrictest.NewProvider()
+	b.cfg.MeterProvider = mp
+	b.cfg.TracerProvider = noop.NewTracerProvider()
+	b.cfg.MaxAttempts = 3
+	kafkatest.Produce(t, b.writer, msgs("m", 10, 5)...)
+	apply := insertEffect(b.effects)
+	c, err := consumer.New(b.cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
+		if m.Token.String() == "m-7" {
+			return errors.New("poison")
+		}
+		return apply(ctx, tx, m)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	waitCommitted(t, b, 10)
+	counts, _, _ := collect(t, mp)
+	if counts[consumer.MetricRetries+"/handler"] < 1 || counts[consumer.MetricMessages+"/dead_lettered"] != 1 {
+		t.Errorf("handler retries %d, dead letters %d; want at least 1 and 1 (all: %v)",
+			counts[consumer.MetricRetries+"/handler"], counts[consumer.MetricMessages+"/dead_lettered"], counts)
+	}
 }

@@ -611,10 +611,11 @@ func (p *partition) begin(ctx context.Context) (pgx.Tx, error) {
 func (p *partition) careful(ctx context.Context, items []*item) (_ int, t tally, err error) {
 	if p.c.tracer != nil {
 		defer func() {
-			if errors.As(err, new(*handlerError)) {
-				err = nil // returned by commit: what came before it committed
+			cause := err
+			if errors.As(cause, new(*handlerError)) {
+				cause = nil // returned by commit: what came before it committed
 			}
-			endSpans(items, err)
+			endSpans(items, cause) // err itself goes back to the retry loop
 		}()
 	}
 	cfg := &p.c.cfg

@@ -25,6 +25,7 @@ var unpinned = map[string]string{
 	"gcr.io/distroless/static-debian12:nonroot": "runtime stage of the Dockerfile; digest not looked up yet",
 	"postgres:15":                               "docker-compose.yml and overlays/local; digest not looked up yet",
 	"apache/kafka:4.1.1":                        "docker-compose.yml and overlays/local; digest not looked up yet",
+	"jaegertracing/jaeger:2.17.0":               "docker-compose.yml, the demo's trace viewer; digest not looked up yet",
 	// The project's own image: built locally (docker compose build, kind
 	// load), or pushed and named per release by an overlay, which should
 	// set its digest (docs/deploy.md, "Build the image").

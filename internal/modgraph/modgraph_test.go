@@ -17,11 +17,13 @@ const module = "github.com/exactlyhq/exactly"
 var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate"}
 
 // heavyModules must not be in the module graph of a program that imports
-// the library: they are the application's choice of metrics backend.
+// the library: they are the application's choice of metrics and tracing
+// backend.
 var heavyModules = []string{
 	"github.com/prometheus/client_golang",
 	"go.opentelemetry.io/otel/sdk", // and sdk/metric, sdk/trace
 	"go.opentelemetry.io/otel/exporters/prometheus",
+	"go.opentelemetry.io/otel/exporters/otlp", // otlptrace/otlptracehttp and the others
 }
 
 // goCmd runs the go command in dir, without the network: everything it
@@ -59,10 +61,10 @@ func TestTransportFreeInbox(t *testing.T) {
 
 // TestLeanModuleGraph builds the module graph of a program that imports
 // every library package, as a user's go.mod would see it, and fails if a
-// metrics backend is in it. Go prunes module graphs to what the library's
-// go.mod requires, tests included: a library test that used the SDK would
-// put it in every user's graph, which is why the library's own metric tests
-// use internal/metrictest.
+// metrics or tracing backend is in it. Go prunes module graphs to what the
+// library's go.mod requires, tests included: a library test that used the
+// SDK would put it in every user's graph, which is why the library's own
+// metric tests use internal/metrictest.
 func TestLeanModuleGraph(t *testing.T) {
 	t.Parallel()
 	root := services.RepoRoot(t)

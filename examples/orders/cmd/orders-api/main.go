@@ -46,13 +46,13 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
-	tel, err := shop.StartTelemetry(log)
+	tel, err := shop.StartTelemetry("orders-api", log)
 	if err != nil {
-		log.Error("cannot serve metrics", "err", err)
+		log.Error("cannot start telemetry", "err", err)
 		return 1
 	}
 	defer tel.Close()
-	api, err := shop.NewAPI(pool, cfg.Names, log)
+	api, err := shop.NewAPI(pool, cfg.Names, log, tel.TracerProvider)
 	if err != nil {
 		log.Error("cannot build the API", "err", err)
 		return 1

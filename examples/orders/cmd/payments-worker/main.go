@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
 )
@@ -20,8 +22,8 @@ func main() {
 		Name:     "payments-worker",
 		Counts:   "payments recorded",
 		Consumer: shop.Config.PaymentsConsumer,
-		Handler: func(names shop.Names, log *slog.Logger) (consumer.Handler, *atomic.Int64, error) {
-			p, err := shop.NewPayments(names, log)
+		Handler: func(names shop.Names, log *slog.Logger, tp trace.TracerProvider) (consumer.Handler, *atomic.Int64, error) {
+			p, err := shop.NewPayments(names, log, tp)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -36,13 +36,20 @@ func run() int {
 		return 1
 	}
 	defer pool.Close()
-	tel, err := shop.StartTelemetry(log)
+	tel, err := shop.StartTelemetry("relay", log)
 	if err != nil {
-		log.Error("cannot serve metrics", "err", err)
+		log.Error("cannot start telemetry", "err", err)
 		return 1
 	}
 	defer tel.Close()
-	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: cfg.Outbox(), Brokers: cfg.Brokers, Transport: cfg.Transport(), Logger: log, MeterProvider: tel.MeterProvider})
+	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{
+		Outbox:         cfg.Outbox(),
+		Brokers:        cfg.Brokers,
+		Transport:      cfg.Transport(),
+		Logger:         log,
+		MeterProvider:  tel.MeterProvider,
+		TracerProvider: tel.TracerProvider,
+	})
 	if err != nil {
 		log.Error("bad relay configuration", "err", err)
 		return 1

@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
 )
@@ -18,7 +20,7 @@ func main() {
 		Name:     "shipping-worker",
 		Counts:   "shipments recorded",
 		Consumer: shop.Config.ShippingConsumer,
-		Handler: func(names shop.Names, log *slog.Logger) (consumer.Handler, *atomic.Int64, error) {
+		Handler: func(names shop.Names, log *slog.Logger, _ trace.TracerProvider) (consumer.Handler, *atomic.Int64, error) {
 			s := shop.NewShipping(names, log)
 			return s.Handler(), &s.Shipped, nil
 		},

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/idempotency"
 	"github.com/exactlyhq/exactly/outbox"
@@ -52,9 +53,14 @@ type API struct {
 	mux   *http.ServeMux
 }
 
-// NewAPI returns the API. Its tables must exist (Setup).
-func NewAPI(pool *pgxpool.Pool, names Names, log *slog.Logger) (*API, error) {
-	ob, err := outbox.New(names.Outbox())
+// NewAPI returns the API. Its tables must exist (Setup). With a
+// TracerProvider, each POST /orders is a span of the idempotency middleware
+// ("POST /orders", with the Idempotency-Key) with the outbox's "create"
+// span of its OrderPlaced under it; nil starts no span.
+func NewAPI(pool *pgxpool.Pool, names Names, log *slog.Logger, tp trace.TracerProvider) (*API, error) {
+	obCfg := names.Outbox()
+	obCfg.TracerProvider = tp
+	ob, err := outbox.New(obCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -67,8 +73,9 @@ func NewAPI(pool *pgxpool.Pool, names Names, log *slog.Logger) (*API, error) {
 			}
 			return "", errors.New("no " + CustomerHeader)
 		},
-		InFlightWait: InFlightWait,
-		Logger:       log,
+		InFlightWait:   InFlightWait,
+		Logger:         log,
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, err

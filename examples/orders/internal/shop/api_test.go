@@ -15,6 +15,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/examples/orders/internal/shop"
 	"github.com/exactlyhq/exactly/internal/pgtest"
@@ -65,10 +68,14 @@ type apiFixture struct {
 	t     *testing.T
 	srv   *httptest.Server
 	names shop.Names
+	pool  *pgxpool.Pool
 	count func(table string) int
 }
 
-func newAPI(t *testing.T) *apiFixture {
+func newAPI(t *testing.T) *apiFixture { return newTracedAPI(t, nil) }
+
+// newTracedAPI is newAPI with the API's spans going to tp.
+func newTracedAPI(t *testing.T, tp trace.TracerProvider) *apiFixture {
 	t.Helper()
 	pool := pgtest.Pool(t)
 	names := shop.Names{Schema: pgtest.Schema(t, pool), TopicPrefix: "apitest."}
@@ -76,13 +83,13 @@ func newAPI(t *testing.T) *apiFixture {
 	if err := names.SetupDB(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	api, err := shop.NewAPI(pool, names, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	api, err := shop.NewAPI(pool, names, slog.New(slog.NewTextHandler(io.Discard, nil)), tp)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &apiFixture{t: t, srv: srv, names: names, count: func(table string) int {
+	return &apiFixture{t: t, srv: srv, names: names, pool: pool, count: func(table string) int {
 		var n int
 		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+names.Table(table)).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -272,7 +279,7 @@ func TestAPIHealthDatabaseDown(t *testing.T) {
 	}
 	defer pool.Close()
 	var logs syncBuffer
-	api, err := shop.NewAPI(pool, shop.Names{Schema: "unused", TopicPrefix: "apitest."}, slog.New(slog.NewTextHandler(&logs, nil)))
+	api, err := shop.NewAPI(pool, shop.Names{Schema: "unused", TopicPrefix: "apitest."}, slog.New(slog.NewTextHandler(&logs, nil)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,4 +321,68 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestAPITraced: with a TracerProvider, a POST /orders is a span with its
+// Idempotency-Key, the OrderPlaced it enqueues a "create" span under it, and
+// the outbox row's traceparent names that span, so that the relay's and the
+// workers' spans join the same trace. A replay is a span of its own and
+// enqueues nothing.
+func TestAPITraced(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	f := newTracedAPI(t, tp)
+	key := uuid.Must(uuid.NewV7()).String()
+	for range 2 {
+		if a := post(f, key, "alice", validOrder); a.status != http.StatusCreated {
+			t.Fatalf("POST: %d %v", a.status, a.body)
+		}
+	}
+	type span struct {
+		sdktrace.ReadOnlySpan
+		attrs map[string]string
+	}
+	var requests, creates []span
+	for _, s := range rec.Ended() {
+		sp := span{s, map[string]string{}}
+		for _, kv := range s.Attributes() {
+			sp.attrs[string(kv.Key)] = kv.Value.String()
+		}
+		switch s.Name() {
+		case "POST /orders":
+			requests = append(requests, sp)
+		case "create " + f.names.OrdersPlaced():
+			creates = append(creates, sp)
+		default:
+			t.Errorf("unexpected span %q", s.Name())
+		}
+	}
+	if len(requests) != 2 || len(creates) != 1 {
+		t.Fatalf("%d request spans and %d create spans, want 2 and 1", len(requests), len(creates))
+	}
+	for i, outcome := range []string{"first", "replayed"} {
+		r := requests[i]
+		if r.SpanKind() != trace.SpanKindServer || r.attrs["exactly.idempotency.key"] != key || r.attrs["exactly.idempotency.outcome"] != outcome {
+			t.Errorf("request span %d: kind %v, attributes %v; want a server span with key %s and outcome %s", i, r.SpanKind(), r.attrs, key, outcome)
+		}
+	}
+	c := creates[0]
+	if c.Parent().SpanID() != requests[0].SpanContext().SpanID() || c.SpanContext().TraceID() != requests[0].SpanContext().TraceID() {
+		t.Errorf("create span's parent %v, want the first request's span %v", c.Parent(), requests[0].SpanContext())
+	}
+	var messageID, traceparent string
+	err := f.pool.QueryRow(context.Background(), `SELECT o.message_id::text, convert_from(decode(h->>'value', 'base64'), 'UTF8')
+		FROM `+f.names.Table("outbox")+` o, jsonb_array_elements(o.headers) h WHERE h->>'key' = 'traceparent'`).Scan(&messageID, &traceparent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.attrs["messaging.message.id"] != messageID {
+		t.Errorf("create span's messaging.message.id %q, want the outbox row's message id %s", c.attrs["messaging.message.id"], messageID)
+	}
+	want := "00-" + c.SpanContext().TraceID().String() + "-" + c.SpanContext().SpanID().String() + "-01"
+	if traceparent != want {
+		t.Errorf("outbox row's traceparent %q, want %q (the create span)", traceparent, want)
+	}
 }

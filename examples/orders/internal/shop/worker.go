@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/exactlyhq/exactly/consumer"
 )
 
@@ -20,16 +22,18 @@ type Worker struct {
 	Name string
 	// Counts names what the progress counter counts ("payments recorded").
 	Counts string
-	// Consumer returns the consumer configuration, without pool, logger
-	// and meter provider.
+	// Consumer returns the consumer configuration, without pool, logger,
+	// meter provider and tracer provider.
 	Consumer func(Config) consumer.Config
 	// Handler builds the handler and the counter its progress logs read.
-	Handler func(Names, *slog.Logger) (consumer.Handler, *atomic.Int64, error)
+	// The TracerProvider (nil: no spans) is the consumer's, for the
+	// handler's own library configs (the outbox).
+	Handler func(Names, *slog.Logger, trace.TracerProvider) (consumer.Handler, *atomic.Int64, error)
 }
 
 // RunWorker is a worker program's main: it reads its flags and the
-// environment, connects, serves metrics, and consumes until SIGINT or
-// SIGTERM. It returns the exit status.
+// environment, connects, starts its telemetry (metrics, spans), and
+// consumes until SIGINT or SIGTERM. It returns the exit status.
 func RunWorker(w Worker) int {
 	verbose := flag.Bool("v", false, "debug logs")
 	every := flag.Duration("stats", 10*time.Second, "how often to log progress (0: never)")
@@ -49,19 +53,19 @@ func RunWorker(w Worker) int {
 		return 1
 	}
 	defer pool.Close()
-	tel, err := StartTelemetry(log)
+	tel, err := StartTelemetry(w.Name, log)
 	if err != nil {
-		log.Error("cannot serve metrics", "err", err)
+		log.Error("cannot start telemetry", "err", err)
 		return 1
 	}
 	defer tel.Close()
-	h, counter, err := w.Handler(cfg.Names, log)
+	h, counter, err := w.Handler(cfg.Names, log, tel.TracerProvider)
 	if err != nil {
 		log.Error("bad handler configuration", "err", err)
 		return 1
 	}
 	ccfg := w.Consumer(cfg)
-	ccfg.Pool, ccfg.Logger, ccfg.MeterProvider = pool, log, tel.MeterProvider
+	ccfg.Pool, ccfg.Logger, ccfg.MeterProvider, ccfg.TracerProvider = pool, log, tel.MeterProvider, tel.TracerProvider
 	c, err := consumer.New(ccfg, h)
 	if err != nil {
 		log.Error("bad consumer configuration", "err", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/outbox"
@@ -32,9 +33,13 @@ type Payments struct {
 	Captured atomic.Int64
 }
 
-// NewPayments returns the payments handler.
-func NewPayments(names Names, log *slog.Logger) (*Payments, error) {
-	ob, err := outbox.New(names.Outbox())
+// NewPayments returns the payments handler. With a TracerProvider, each
+// PaymentCaptured it enqueues is a "create" span under the consumer's span
+// of the OrderPlaced; nil starts no span.
+func NewPayments(names Names, log *slog.Logger, tp trace.TracerProvider) (*Payments, error) {
+	cfg := names.Outbox()
+	cfg.TracerProvider = tp
+	ob, err := outbox.New(cfg)
 	if err != nil {
 		return nil, err
 	}
