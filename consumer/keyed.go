@@ -56,6 +56,7 @@ type laneResult struct {
 	batch []*item
 	n     int // batch[:n] settled
 	err   error
+	took  time.Duration
 }
 
 // keyed dispatches one partition's messages to lanes.
@@ -72,6 +73,60 @@ type keyed struct {
 	bo       interface{ NextBackOff() time.Duration }
 	resetBo  func()
 	inflight int
+	lanes    lanes
+}
+
+// lanes is how many lanes a partition runs at once, between 1 and
+// KeyConcurrency, adjusted the way TCP Vegas adjusts a window: while the
+// time a lane takes per message stays near the best seen, the handlers wait
+// on something else than this machine (a slow call, a sleep) and another
+// lane adds throughput; when it grows, lanes only queue for the same CPU,
+// connections or locks, and one fewer does as well. So slow handlers get
+// many lanes and fast ones about as few as strict order uses, which is what
+// keeps the fast path from getting slower with the option on.
+type lanes struct {
+	limit   float64
+	max     int
+	best    time.Duration // the least time per message seen lately
+	typical time.Duration // a lane's duration, moving average
+	samples int
+	last    time.Time // the last lane's end, or the start
+}
+
+// stalled reports whether no lane ended for long while messages wait, as
+// when every lane holds a stuck key: then one more lane may start, so that
+// a stuck key holds only its key.
+func (l *lanes) stalled(now time.Time) bool {
+	return now.Sub(l.last) > l.stallAfter()
+}
+
+func (l *lanes) stallAfter() time.Duration { return max(100*time.Millisecond, 4*l.typical) }
+
+// grow lets one more lane start.
+func (l *lanes) grow(now time.Time) {
+	l.limit = min(float64(l.max), float64(int(l.limit)+1))
+	l.last = now
+}
+
+func (l *lanes) allowed() int { return max(1, min(l.max, int(l.limit))) }
+
+// observe takes the duration of a lane that settled its batch of n.
+func (l *lanes) observe(took time.Duration, n int) {
+	perMsg := took / time.Duration(n)
+	l.typical = (7*l.typical + took) / 8
+	l.samples++
+	if l.best == 0 || perMsg < l.best {
+		l.best = perMsg
+	}
+	if l.samples%100 == 0 {
+		l.best += l.best / 10 // forget slowly: the handler's cost may change
+	}
+	switch ratio := float64(perMsg) / float64(l.best); {
+	case ratio < 1.5:
+		l.limit = min(float64(l.max), l.limit+1)
+	case ratio > 2.5:
+		l.limit = max(1, l.limit-1)
+	}
 }
 
 // runKeyed processes the partition in lanes (Config.KeyConcurrency) until
@@ -80,7 +135,8 @@ type keyed struct {
 func (p *partition) runKeyed(fetchCtx, procCtx context.Context, chunks <-chan fetched, queue []*item) {
 	cfg := &p.c.cfg
 	bo := p.c.newBackoff()
-	k := &keyed{p: p, keys: map[string]*keyState{}, covered: -1, bo: bo, resetBo: bo.Reset}
+	k := &keyed{p: p, keys: map[string]*keyState{}, covered: -1, bo: bo, resetBo: bo.Reset,
+		lanes: lanes{limit: 1, max: cfg.KeyConcurrency, last: time.Now()}}
 	for _, it := range queue {
 		k.accept(it)
 	}
@@ -92,8 +148,11 @@ func (p *partition) runKeyed(fetchCtx, procCtx context.Context, chunks <-chan fe
 	for {
 		now := time.Now()
 		k.wake(now)
+		if k.items > 0 && k.inflight >= k.lanes.allowed() && k.lanes.stalled(now) {
+			k.lanes.grow(now)
+		}
 		if !stopping {
-			for k.inflight < cfg.KeyConcurrency && now.After(k.pause) && k.ready(now) {
+			for k.inflight < k.lanes.allowed() && now.After(k.pause) && k.ready(now) {
 				batch := k.take()
 				if err := k.cover(procCtx, batch); err != nil {
 					k.giveBack(batch, 0, nil)
@@ -102,8 +161,9 @@ func (p *partition) runKeyed(fetchCtx, procCtx context.Context, chunks <-chan fe
 				}
 				k.inflight++
 				go func() {
+					start := time.Now()
 					n, err := p.lane(procCtx, batch)
-					results <- laneResult{batch: batch, n: n, err: err}
+					results <- laneResult{batch: batch, n: n, err: err, took: time.Since(start)}
 				}()
 			}
 		}
@@ -123,6 +183,7 @@ func (p *partition) runKeyed(fetchCtx, procCtx context.Context, chunks <-chan fe
 			k.add(fr)
 		case r := <-results:
 			k.inflight--
+			k.lanes.last = time.Now()
 			k.done(procCtx, r)
 		case <-timer.C:
 		case <-fetchCtx.Done():
@@ -262,6 +323,7 @@ func (k *keyed) done(ctx context.Context, r laneResult) {
 	switch {
 	case r.err == nil:
 		k.resetBo()
+		k.lanes.observe(r.took, len(r.batch))
 	case len(rest) > 0 && errors.As(r.err, &he) && !isTransient(he.err) && ctx.Err() == nil:
 		failed = rest[0]
 		wait := keyBackoff(cfg, failed.attempts)
@@ -361,7 +423,10 @@ func (k *keyed) next(now time.Time) time.Duration {
 	for _, ks := range k.waiting {
 		at = minTime(at, ks.retryAt)
 	}
-	if k.items > 0 && k.inflight < k.p.c.cfg.KeyConcurrency { // else a lane's end wakes it
+	if k.items > 0 && k.inflight >= k.lanes.allowed() {
+		at = minTime(at, k.lanes.last.Add(k.lanes.stallAfter()))
+	}
+	if k.items > 0 && k.inflight < k.lanes.allowed() { // else a lane's end wakes it
 		if k.pause.After(now) {
 			at = minTime(at, k.pause)
 		} else if k.inflight > 0 {

@@ -163,7 +163,7 @@ func (b *bench) produce(ctx context.Context, n int) (string, error) {
 				if err == nil {
 					break
 				}
-				if !errors.Is(err, kafka.UnknownTopicOrPartition) || try == 50 {
+				if !strings.Contains(err.Error(), "Unknown Topic Or Partition") || try == 50 {
 					return "", err
 				}
 				time.Sleep(100 * time.Millisecond)
