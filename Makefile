@@ -52,8 +52,9 @@ bench-inbox: services ## Inbox claims/s by batch size, empty vs 5M-token inbox, 
 bench-outbox: services ## Relay msgs/s from a 200k backlog, commit->Kafka latency notify vs polling, writer tx/s with vs without wake-ups
 	$(GO) run ./internal/bench/outbox
 
-bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M
+bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M; then key-level concurrency off vs on
 	$(GO) run ./internal/bench/consumer
+	$(GO) run ./internal/bench/keyed
 
 fuzz: ## Fuzz the consumer's token sources for 60s (seeds that found bugs live in consumer/testdata/)
 	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./consumer/

@@ -35,6 +35,10 @@ const (
 // Partitions is the partition count of both topics.
 const Partitions = 4
 
+// KeyConcurrency is the workers' consumer.Config.KeyConcurrency: up to this
+// many transactions at once per partition, across orders.
+const KeyConcurrency = 8
+
 // Names are the schema and topic prefix that keep one pipeline apart from
 // another on the same Postgres and Kafka (a test runs its own next to a
 // user's demo).
@@ -182,6 +186,9 @@ func (c Config) consumer(group, topic, scope string) consumer.Config {
 		SessionTimeout:    6 * time.Second,
 		HeartbeatInterval: time.Second,
 		FetchMaxWait:      250 * time.Millisecond,
+		// Events of one order are ordered by its key; orders are
+		// independent, so a partition's orders run in lanes.
+		KeyConcurrency: KeyConcurrency,
 	}
 }
 

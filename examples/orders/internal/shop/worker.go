@@ -46,8 +46,9 @@ func RunWorker(w Worker) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// One transaction per assigned partition at a time, plus start-up checks.
-	pool, err := Connect(ctx, cfg.DatabaseURL, w.Name, Partitions+4)
+	// Up to KeyConcurrency transactions per assigned partition at a time,
+	// plus start-up checks.
+	pool, err := Connect(ctx, cfg.DatabaseURL, w.Name, Partitions*KeyConcurrency+4)
 	if err != nil {
 		log.Error("cannot connect", "err", err)
 		return 1
