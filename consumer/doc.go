@@ -40,6 +40,24 @@
 // retry the whole batch with backoff, forever: an outage is waited out,
 // never skipped and never dead-lettered.
 //
+// # Concurrency across keys
+//
+// Config.KeyConcurrency, above 1, runs a partition's messages in lanes: up
+// to that many transactions at once, each over a batch whose keys no other
+// lane holds, so messages of one key never run at once nor out of order
+// (messages without a key keep their order among themselves). What is
+// committed to Kafka is the watermark, the offset of the first message not
+// settled: after a crash or a rebalance, messages beyond it that committed
+// are redelivered, and the inbox skips them, so nothing else needs to be
+// remembered. A message whose handler fails holds only its key: the key
+// waits out its backoff while other keys flow, and the watermark waits
+// before the message until it succeeds or is dead-lettered. At most
+// Config.MaxPending messages wait beyond the watermark; then fetching
+// pauses, so a stuck key stalls its partition instead of growing memory.
+// The number of lanes adapts between 1 and KeyConcurrency to what adds
+// throughput: many for handlers that wait (a slow call), about one for fast
+// ones. Leave it off when handlers need order across keys of a partition.
+//
 // # Tokens
 //
 // A [TokenSource] finds the token of each message (Config.Token):
