@@ -200,20 +200,28 @@ func TestKeyedKills(t *testing.T) {
 	const n = 6000
 	all := msgs("kk", n, 100)
 	kafkatest.Produce(t, b.writer, all...)
-	env := func(slow string) []string {
+	env := func(slow, hook string) []string {
 		return []string{"CHILD_SCHEMA=" + b.schema, "CHILD_TOPIC=" + b.topic, "CHILD_GROUP=" + b.cfg.GroupID,
-			"CHILD_BATCH=20", "CHILD_KEYED=8", "CHILD_SLOW=" + slow}
+			"CHILD_BATCH=20", "CHILD_KEYED=8", "CHILD_SLOW=" + slow, "CHILD_HOOK=" + hook}
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
-	for kill := range 4 {
+	// Killed at random; with lanes stopped before their database commit
+	// (each stops there when it gets there, the others run on); with lanes
+	// stopped between their database commit and the offset commit; and at
+	// random again.
+	for kill, hook := range []string{"", "pause-at:consumer.before-db-commit", "pause", ""} {
 		// A slow message early in each run holds its partition's watermark
 		// while lanes beyond it commit.
-		c := proctest.Start(t, "consumer", env(fmt.Sprintf("kk-%d", 1000*kill+5))...)
-		c.Saw("COMMITTED", 30*time.Second)
+		c := proctest.Start(t, "consumer", env(fmt.Sprintf("kk-%d", 1000*kill+5), hook)...)
+		if name, ok := strings.CutPrefix(hook, "pause-at:"); ok {
+			c.Saw(name, 30*time.Second)
+		} else {
+			c.Saw("COMMITTED", 30*time.Second)
+		}
 		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
 		c.Kill()
 	}
-	last := proctest.Start(t, "consumer", env("")...)
+	last := proctest.Start(t, "consumer", env("", "")...)
 	waitCommitted(t, b, n)
 	last.Stop(10 * time.Second)
 	checkEffects(t, b, n)
