@@ -143,7 +143,10 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 		if cfg.KeyConcurrency > 1 && p.suspects.starts == nil {
 			if !p.assigned {
 				// The lanes keep the attempt row themselves (keyed.go).
-				if err := p.beginAssignment(procCtx, pending[0].msg.Offset, pending[0].msg.Offset); err != nil {
+				// A range, not one offset: a row for one offset would read
+				// as an attempt of that message alone.
+				first := pending[0].msg.Offset
+				if err := p.beginAssignment(procCtx, first, first+int64(cfg.MaxPending)); err != nil {
 					if !p.keyedStartFailed(procCtx, bo, err) {
 						return
 					}
