@@ -265,6 +265,40 @@ func TestKeyedRebalance(t *testing.T) {
 	checkEffects(t, b, n)
 }
 
+// TestKeyedHandlerKillsProcess: with lanes, a message whose handler kills
+// the process, far beyond the watermark while a slow key holds it back, is
+// dead-lettered as process_died after a bounded number of deaths, and every
+// other message is applied once.
+func TestKeyedHandlerKillsProcess(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	if _, err := b.pool.Exec(context.Background(), "CREATE TABLE "+pgx.Identifier{b.schema, "skips"}.Sanitize()+" (token text NOT NULL, kafka_offset bigint NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	const n, maxAttempts = 600, 3
+	kafkatest.Produce(t, b.writer, msgs("kx", n, 50)...)
+	runs := 0
+	for committed(t, b.cfg.GroupID, b.topic) < n {
+		runs++
+		if runs > 2*maxAttempts+4 {
+			t.Fatalf("%d runs and the partition is still at offset %d: the message loops", runs-1, committed(t, b.cfg.GroupID, b.topic))
+		}
+		// kx-3 is slow (3s) and holds the watermark; kx-420 kills.
+		child := proctest.Start(t, "consumer", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic, "CHILD_GROUP="+b.cfg.GroupID,
+			"CHILD_HOOK=exit:kx-420", "CHILD_SLOW=kx-3", "CHILD_BATCH=20", "CHILD_KEYED=8", "CHILD_MAX_ATTEMPTS="+strconv.Itoa(maxAttempts))
+		if !child.Exited(60 * time.Second) {
+			waitCommitted(t, b, n)
+			child.Stop(10 * time.Second)
+		}
+	}
+	t.Logf("%d runs", runs)
+	checkEffects(t, b, n-1)
+	dl := deadLetters(t, b)
+	if len(dl) != 1 || !strings.HasPrefix(dl["kx-420@420"], consumer.ReasonProcessDied+":") {
+		t.Fatalf("dead letters %v, want only kx-420@420 (process_died)", dl)
+	}
+}
+
 func token(s string) []kafka.Header {
 	return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}}
 }
