@@ -294,7 +294,7 @@ func (r *Relay) rejected(ctx context.Context, conn *pgx.Conn, x row, e error, re
 	}
 	wait := min(r.cfg.RetryMax, r.cfg.RetryInitial<<min(rejections, 20))
 	blocked[string(x.key)] = &blockedKey{id: x.id, wait: wait, retryAt: time.Now().Add(wait)}
-	log.WarnContext(ctx, "outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections, "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
+	log.WarnContext(rowTrace(ctx, x), "outbox row rejected; its key waits while it is retried", "id", x.id, "topic", x.topic, "rejections", rejections, "max_rejections", r.cfg.MaxRejections, "retry_in", wait, "err", e)
 	return nil
 }
 
@@ -305,7 +305,7 @@ func (r *Relay) deadLetter(ctx context.Context, conn *pgx.Conn, x row, e error, 
 		return fmt.Errorf("dead-letter row %d: %w", x.id, err)
 	}
 	r.dead.Add(ctx, 1, r.attrs)
-	log.WarnContext(ctx, "outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections, "err", e)
+	log.WarnContext(rowTrace(ctx, x), "outbox row dead-lettered", "id", x.id, "message_id", x.messageID, "topic", x.topic, "reason", reason, "rejections", rejections, "err", e)
 	if isBlockedHead(blocked, x) {
 		delete(blocked, string(x.key))
 	}

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 
 	"github.com/segmentio/kafka-go"
@@ -129,4 +130,18 @@ func (c headerCarrier) Keys() []string {
 		keys[i] = h.Key
 	}
 	return keys
+}
+
+// rowTrace returns ctx with the trace context x was enqueued with, if any,
+// so that a log line about the row names its trace.
+func rowTrace(ctx context.Context, x row) context.Context {
+	var hs []header
+	if json.Unmarshal(x.headers, &hs) != nil {
+		return ctx
+	}
+	m := kafka.Message{Headers: make([]kafka.Header, len(hs))}
+	for i, h := range hs {
+		m.Headers[i] = kafka.Header{Key: h.Key, Value: h.Value}
+	}
+	return propagation.TraceContext{}.Extract(ctx, headerCarrier{&m})
 }
