@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
@@ -64,14 +65,13 @@ type keyed struct {
 	p        *partition
 	window   []*item // accepted and not yet passed by the watermark, in offset order
 	keys     map[string]*keyState
-	runnable []*keyState // keys with waiting messages, neither busy nor waiting to retry
-	waiting  []*keyState // keys waiting to retry
-	items    int         // messages waiting in runnable keys
-	since    time.Time   // when the oldest runnable message became runnable
-	covered  int64       // the last offset the attempt row covers; -1: none
-	pause    time.Time   // after a transient failure: no new lane before then
-	bo       interface{ NextBackOff() time.Duration }
-	resetBo  func()
+	runnable []*keyState                 // keys with waiting messages, neither busy nor waiting to retry
+	waiting  []*keyState                 // keys waiting to retry
+	items    int                         // messages waiting in runnable keys
+	since    time.Time                   // when the oldest runnable message became runnable
+	covered  int64                       // the last offset the attempt row covers; -1: none
+	pause    time.Time                   // after a transient failure: no new lane before then
+	bo       *backoff.ExponentialBackOff // the partition's, for transient failures
 	inflight int
 	lanes    lanes
 }
@@ -134,8 +134,7 @@ func (l *lanes) observe(took time.Duration, n int) {
 // already fetched.
 func (p *partition) runKeyed(fetchCtx, procCtx context.Context, chunks <-chan fetched, queue []*item) {
 	cfg := &p.c.cfg
-	bo := p.c.newBackoff()
-	k := &keyed{p: p, keys: map[string]*keyState{}, covered: -1, bo: bo, resetBo: bo.Reset,
+	k := &keyed{p: p, keys: map[string]*keyState{}, covered: -1, bo: p.c.newBackoff(),
 		lanes: lanes{limit: 1, max: cfg.KeyConcurrency, last: time.Now()}}
 	for _, it := range queue {
 		k.accept(it)
@@ -322,7 +321,7 @@ func (k *keyed) done(ctx context.Context, r laneResult) {
 	var he *handlerError
 	switch {
 	case r.err == nil:
-		k.resetBo()
+		k.bo.Reset()
 		k.lanes.observe(r.took, len(r.batch))
 	case len(rest) > 0 && errors.As(r.err, &he) && !isTransient(he.err) && ctx.Err() == nil:
 		failed = rest[0]
@@ -455,7 +454,7 @@ func keyBackoff(cfg *Config, attempts int) time.Duration {
 
 // keyedStartFailed logs a failed start of the lanes and waits for the next
 // try; it reports false when ctx ended.
-func (p *partition) keyedStartFailed(ctx context.Context, bo interface{ NextBackOff() time.Duration }, err error) bool {
+func (p *partition) keyedStartFailed(ctx context.Context, bo *backoff.ExponentialBackOff, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
