@@ -26,12 +26,16 @@ func TestOutages(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		restart func(testing.TB)
+		lanes   int
 	}{
-		{"postgres", services.RestartPostgres},
-		{"kafka", services.RestartKafka},
+		{"postgres", services.RestartPostgres, 1},
+		{"kafka", services.RestartKafka, 1},
+		{"postgres-lanes", services.RestartPostgres, 8}, // KeyConcurrency: the same promises
+		{"kafka-lanes", services.RestartKafka, 8},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := setup(t, 2)
+			b.cfg.KeyConcurrency = tc.lanes
 			const n = 4000
 			all := msgs(tc.name, n, 20)
 			holdToken := tc.name + "-1000"
