@@ -101,6 +101,31 @@ func insertEffect(table string) consumer.HandlerFunc {
 	}
 }
 
+// newConsumer returns a consumer calling one per message: through New, or
+// with batch through NewBatch with a handler that calls one for each
+// message in turn.
+func newConsumer(t *testing.T, cfg consumer.Config, batch bool, one consumer.HandlerFunc) *consumer.Consumer {
+	t.Helper()
+	var c *consumer.Consumer
+	var err error
+	if batch {
+		c, err = consumer.NewBatch(cfg, consumer.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, ms []consumer.Message) error {
+			for _, m := range ms {
+				if err := one(ctx, tx, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	} else {
+		c, err = consumer.New(cfg, one)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // start runs c until the test ends or the returned stop is called; stop
 // waits for Run to return and fails the test on a Run error.
 func start(t *testing.T, c *consumer.Consumer) (stop func()) {

@@ -158,23 +158,7 @@ func TestPoisonMessage(t *testing.T) {
 				}
 				return apply(ctx, tx, m)
 			}
-			var c *consumer.Consumer
-			var err error
-			if batch {
-				c, err = consumer.NewBatch(b.cfg, consumer.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, ms []consumer.Message) error {
-					for _, m := range ms {
-						if err := one(ctx, tx, m); err != nil {
-							return err
-						}
-					}
-					return nil
-				}))
-			} else {
-				c, err = consumer.New(b.cfg, consumer.HandlerFunc(one))
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := newConsumer(t, b.cfg, batch, one)
 			start(t, c)
 			waitCommitted(t, b, int64(len(all)))
 			checkEffects(t, b, len(all)-3)

@@ -43,23 +43,7 @@ func TestKeyedOrderAndOnce(t *testing.T) {
 				time.Sleep(200 * time.Microsecond)
 				return apply(ctx, tx, m)
 			}
-			var c *consumer.Consumer
-			var err error
-			if batch {
-				c, err = consumer.NewBatch(b.cfg, consumer.BatchHandlerFunc(func(ctx context.Context, tx pgx.Tx, ms []consumer.Message) error {
-					for _, m := range ms {
-						if err := slow(ctx, tx, m); err != nil {
-							return err
-						}
-					}
-					return nil
-				}))
-			} else {
-				c, err = consumer.New(b.cfg, consumer.HandlerFunc(slow))
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := newConsumer(t, b.cfg, batch, slow)
 			start(t, c)
 			waitCommitted(t, b, n)
 			checkEffects(t, b, n)
