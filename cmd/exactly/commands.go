@@ -19,6 +19,7 @@ import (
 
 	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/deadletter"
+	"github.com/exactlyhq/exactly/internal/kafkagroup"
 	"github.com/exactlyhq/exactly/migrate"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -188,22 +189,13 @@ type deadLetterCount struct {
 	Oldest time.Time `json:"oldest,omitzero"`
 }
 
-type lagRow struct {
-	Group     string `json:"group"`
-	Topic     string `json:"topic"`
-	Partition int    `json:"partition"`
-	Committed int64  `json:"committed"`
-	End       int64  `json:"end"`
-	Lag       int64  `json:"lag"`
-}
-
 type status struct {
-	Inbox             []scopeStatus        `json:"inbox"`
-	Outbox            []outbox.ShardStatus `json:"outbox"`
-	DeadLetters       []deadLetterCount    `json:"dead_letters"`
-	OutboxDeadLetters []deadLetterCount    `json:"outbox_dead_letters"`
-	Lag               []lagRow             `json:"lag,omitempty"`
-	LagError          string               `json:"lag_error,omitempty"`
+	Inbox             []scopeStatus          `json:"inbox"`
+	Outbox            []outbox.ShardStatus   `json:"outbox"`
+	DeadLetters       []deadLetterCount      `json:"dead_letters"`
+	OutboxDeadLetters []deadLetterCount      `json:"outbox_dead_letters"`
+	Lag               []kafkagroup.Partition `json:"lag,omitempty"`
+	LagError          string                 `json:"lag_error,omitempty"`
 }
 
 type stringList []string
@@ -343,75 +335,12 @@ func (e *env) printStatus(st status) {
 }
 
 // consumerLag reports, for each group that exists in Kafka, the lag of every
-// partition of the topics it has committed offsets for or its members
-// subscribe to.
-func consumerLag(ctx context.Context, transport *kafka.Transport, brokers, groups []string) ([]lagRow, error) {
+// partition of the topics it has committed offsets for.
+func consumerLag(ctx context.Context, transport *kafka.Transport, brokers, groups []string) ([]kafkagroup.Partition, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	defer transport.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}
-	listed, err := client.ListGroups(ctx, &kafka.ListGroupsRequest{})
-	if err != nil {
-		return nil, err
-	}
-	exists := map[string]bool{}
-	for _, g := range listed.Groups {
-		exists[g.GroupID] = true
-	}
-	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{})
-	if err != nil {
-		return nil, err
-	}
-	partitions := map[string][]int{}
-	for _, t := range meta.Topics {
-		if t.Internal {
-			continue
-		}
-		for _, p := range t.Partitions {
-			partitions[t.Name] = append(partitions[t.Name], p.ID)
-		}
-	}
-	var out []lagRow
-	for _, g := range groups {
-		if !exists[g] {
-			continue
-		}
-		offs, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: g, Topics: partitions})
-		if err != nil {
-			return out, fmt.Errorf("group %s: %w", g, err)
-		}
-		for topic, ps := range offs.Topics {
-			committed := map[int]int64{}
-			for _, p := range ps {
-				if p.Error == nil && p.CommittedOffset >= 0 {
-					committed[p.Partition] = p.CommittedOffset
-				}
-			}
-			if len(committed) == 0 {
-				continue // the group never consumed this topic
-			}
-			req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-			for _, p := range partitions[topic] {
-				req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(p))
-			}
-			ends, err := client.ListOffsets(ctx, req)
-			if err != nil {
-				return out, fmt.Errorf("topic %s: %w", topic, err)
-			}
-			for _, po := range ends.Topics[topic] {
-				c, ok := committed[po.Partition]
-				if !ok {
-					c = -1
-				}
-				lag := po.LastOffset - max(c, 0)
-				out = append(out, lagRow{Group: g, Topic: topic, Partition: po.Partition, Committed: c, End: po.LastOffset, Lag: lag})
-			}
-		}
-	}
-	slices.SortFunc(out, func(a, b lagRow) int {
-		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
-	})
-	return out, nil
+	return kafkagroup.Lag(ctx, &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}, groups)
 }
 
 // ---- dead letters
@@ -488,21 +417,15 @@ func (f filters) any() bool {
 
 // filter is what the flags select, and ids when given.
 func (f filters) filter(ids []int64) (deadletter.Filter, error) {
-	since, err := parseTime(*f.since)
+	since, err := deadletter.ParseTime(*f.since, time.Now())
 	if err != nil {
 		return deadletter.Filter{}, usageError{"-since: " + err.Error()}
 	}
-	until, err := parseTime(*f.until)
+	until, err := deadletter.ParseTime(*f.until, time.Now())
 	if err != nil {
 		return deadletter.Filter{}, usageError{"-until: " + err.Error()}
 	}
-	df := deadletter.Filter{Scope: *f.scope, Topic: *f.topic, Reason: *f.reason, IDs: ids, Limit: *f.limit}
-	if since != nil {
-		df.Since = *since
-	}
-	if until != nil {
-		df.Until = *until
-	}
+	df := deadletter.Filter{Scope: *f.scope, Topic: *f.topic, Reason: *f.reason, Since: since, Until: until, IDs: ids, Limit: *f.limit}
 	if *f.all {
 		df.State = deadletter.All
 	}

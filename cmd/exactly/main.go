@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -256,32 +255,7 @@ func (e *env) require(ctx context.Context, tables ...string) error {
 }
 
 // parseAge reads a duration that may use a "d" (days) suffix.
-func parseAge(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		d, err := time.ParseDuration(n + "h")
-		if err == nil && (d > math.MaxInt64/24 || d < math.MinInt64/24) {
-			return 0, fmt.Errorf("%q is longer than a time.Duration holds (about 106751d)", s)
-		}
-		return d * 24, err
-	}
-	return time.ParseDuration(s)
-}
-
-// parseTime reads an RFC 3339 time or an age ("24h", "7d" ago).
-func parseTime(s string) (*time.Time, error) {
-	if s == "" {
-		return nil, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return &t, nil
-	}
-	d, err := parseAge(s)
-	if err != nil {
-		return nil, fmt.Errorf("%q is neither an RFC 3339 time nor an age like 24h or 7d", s)
-	}
-	t := time.Now().Add(-d)
-	return &t, nil
-}
+func parseAge(s string) (time.Duration, error) { return deadletter.ParseAge(s) }
 
 func optional(s string) *string {
 	if s == "" {

@@ -28,6 +28,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -355,4 +357,32 @@ func (s *Store) OutboxSummary(ctx context.Context) ([]Count, error) {
 		return nil
 	})
 	return out, err
+}
+
+// ParseAge reads a duration that may use a "d" (days) suffix: 30d, 720h.
+func ParseAge(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		d, err := time.ParseDuration(n + "h")
+		if err == nil && (d > math.MaxInt64/24 || d < math.MinInt64/24) {
+			return 0, fmt.Errorf("%q is longer than a time.Duration holds (about 106751d)", s)
+		}
+		return d * 24, err
+	}
+	return time.ParseDuration(s)
+}
+
+// ParseTime reads an RFC 3339 time or an age before now ("24h", "7d");
+// the zero time for "".
+func ParseTime(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := ParseAge(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor an age like 24h or 7d", s)
+	}
+	return now.Add(-d), nil
 }
