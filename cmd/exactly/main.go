@@ -257,13 +257,6 @@ func (e *env) require(ctx context.Context, tables ...string) error {
 // parseAge reads a duration that may use a "d" (days) suffix.
 func parseAge(s string) (time.Duration, error) { return deadletter.ParseAge(s) }
 
-func optional(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
 // queries are the statements rendered from sql/*.sql; the dead letters'
 // are internal/deadletter's.
 type queries struct {

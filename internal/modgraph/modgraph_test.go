@@ -14,7 +14,7 @@ import (
 const module = "github.com/exactlyhq/exactly"
 
 // libraryPackages are the packages a program imports to use the library.
-var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate"}
+var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate", "console"}
 
 // heavyModules must not be in the module graph of a program that imports
 // the library: they are the application's choice of metrics backend.
