@@ -137,6 +137,22 @@ to its shard. Exits 4 when a named ID is not found unresolved.`,
 discarded; nothing is published.`,
 	},
 	{
+		name: "console", summary: "serve the operator console: overview, dead letters, replay (a web page)",
+		uses: useDSN | useTables | useShards, setup: consoleCmd,
+		doc: `Serves the operator console on -listen until interrupted: the overview of the
+consumer groups (from Kafka), the inbox, the outbox and the dead letters, and
+pages to inspect, replay and discard dead letters with the guarantees of the
+replay and discard commands. The JSON it is built from is under /api/.
+
+Authentication comes from the environment: $EXACTLY_CONSOLE_USER and
+$EXACTLY_CONSOLE_PASSWORD (basic authentication, what a browser asks for),
+$EXACTLY_CONSOLE_TOKEN (a bearer token, for scripts), or both. Without them
+the console serves a loopback address only, to requests addressed to a
+loopback name. -read-only hides and refuses every action. -shards must be the
+writers' outbox.Config.Shards. The Kafka password is read from
+$KAFKA_SASL_PASSWORD only.`,
+	},
+	{
 		name: "prune", synopsis: "-older-than AGE [flags]", summary: "delete inbox tokens older than AGE (e.g. 30d)", uses: useDSN | useSchema | useInbox, setup: pruneCmd,
 		doc: `Deletes inbox tokens claimed more than AGE ago (30d, 720h) by the database's
 clock, oldest first, -batch per transaction. A token must outlive every

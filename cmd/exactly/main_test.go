@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"regexp"
 	"runtime"
@@ -15,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -788,6 +791,7 @@ func TestHelp(t *testing.T) {
 		"outbox-dead-letters show":    {"[flags] ID", slices.Concat(db, []string{"outbox-table"})},
 		"outbox-dead-letters replay":  {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "shards", "topic", "dry-run"})},
 		"outbox-dead-letters discard": {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "topic", "dry-run"})},
+		"console":                     {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards", "listen", "path", "read-only"})},
 		"prune":                       {"-older-than AGE [flags]", slices.Concat(db, []string{"inbox-table", "older-than", "scope", "batch", "dry-run", "force"})},
 		"version":                     {"[flags]", []string{"json"}},
 	}
@@ -1020,5 +1024,122 @@ func TestConnectError(t *testing.T) {
 		if got := connectError(cfg, c.err).Error(); !strings.HasPrefix(got, c.want) || strings.Contains(got, "\n") {
 			t.Errorf("connectError(%v) = %q, want it to start %q, on one line", c.err, got, c.want)
 		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// serveConsole runs `exactly console` with args until the test ends and
+// returns its address, from the line it prints.
+func serveConsole(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	exited := make(chan int, 1)
+	go func() { exited <- run(ctx, append([]string{"console", "-dsn", pgtest.DSN()}, args...), &out, &errOut) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-exited; code != exitOK {
+			t.Errorf("exactly console exited %d: %s", code, errOut.String())
+		}
+	})
+	addr := regexp.MustCompile(`exactly console: (http://\S+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := addr.FindStringSubmatch(out.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case code := <-exited:
+			exited <- code
+			t.Fatalf("exactly console exited %d: %s%s", code, out.String(), errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exactly console printed no address: %q", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string, header ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+		}
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+// TestConsole: `exactly console` serves the console; without credentials
+// it refuses a non-loopback address, and on loopback admits only requests
+// addressed to a loopback name; with a token it requires it. Not parallel:
+// it sets the environment.
+func TestConsole(t *testing.T) {
+	b := setup(t)
+	b.poison.Store(map[string]bool{"order-1": true})
+	b.produce(t, 0, 2)
+	b.consume(t, 2)
+	t.Setenv(envConsoleUser, "")
+	t.Setenv(envConsolePassword, "")
+	t.Setenv(envConsoleToken, "")
+
+	code, _, errOut := cli(t, "console", "-schema", b.schema, "-listen", "0.0.0.0:0")
+	if code != exitUsage || !strings.Contains(errOut, "not a loopback address") {
+		t.Fatalf("console on 0.0.0.0 without credentials: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = cli(t, "console", "-schema", b.schema+"_none", "-listen", "127.0.0.1:0")
+	if code != exitNotMigrated {
+		t.Fatalf("console of an unmigrated schema: exit %d, %q", code, errOut)
+	}
+
+	url := serveConsole(t, "-schema", b.schema, "-listen", "127.0.0.1:0", "-brokers", strings.Join(kafkatest.Brokers(), ","), "-group", b.cfg.GroupID)
+	code, page := get(t, url)
+	if code != http.StatusOK || !strings.Contains(page, "1 dead letter of "+b.cfg.GroupID+" (permanent) waits") || !strings.Contains(page, b.cfg.GroupID+"</code> <span class=\"state\">Empty</span>") {
+		t.Fatalf("overview: %d\n%s", code, page)
+	}
+	if code, _ := get(t, url, "Host", "rebound.example:80"); code != http.StatusUnauthorized {
+		t.Errorf("a request addressed to another name: %d, want 401", code)
+	}
+
+	t.Setenv(envConsoleToken, "console-token")
+	url = serveConsole(t, "-schema", b.schema, "-listen", "127.0.0.1:0", "-read-only")
+	if code, _ := get(t, url+"api/overview"); code != http.StatusUnauthorized {
+		t.Errorf("without the token: %d", code)
+	}
+	code, body := get(t, url+"api/dead-letters/consumer", "Authorization", "Bearer console-token")
+	var list struct {
+		DeadLetters []struct{ Token string } `json:"dead_letters"`
+	}
+	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || len(list.DeadLetters) != 1 || list.DeadLetters[0].Token != "order-1" {
+		t.Errorf("api with the token: %d %s", code, body)
 	}
 }
