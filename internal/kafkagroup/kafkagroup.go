@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -127,7 +128,8 @@ func Describe(ctx context.Context, client *kafka.Client, groups []string) ([]Gro
 		}
 		out[i].State = d.GroupState
 		for _, m := range d.Members {
-			mem := Member{ID: m.MemberID, ClientID: m.ClientID, Host: m.ClientHost}
+			// Kafka reports the host as Java prints an InetAddress: "/127.0.0.1".
+			mem := Member{ID: m.MemberID, ClientID: m.ClientID, Host: strings.TrimPrefix(m.ClientHost, "/")}
 			for _, t := range m.MemberAssignments.Topics {
 				if mem.Assigned == nil {
 					mem.Assigned = map[string][]int{}
