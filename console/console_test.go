@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
 	"github.com/exactlyhq/exactly/console"
@@ -563,5 +565,113 @@ func TestNotMigrated(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "exactly migrate up") {
 		t.Errorf("unmigrated: %d %s", res.StatusCode, body)
+	}
+}
+
+// TestOverviewOutboxAndKafka: keys blocked by a row Kafka rejected, with the
+// rows held back behind them; a group with lag and no members; and a
+// partition whose committed offset has not moved for StallAfter.
+func TestOverviewOutboxAndKafka(t *testing.T) {
+	t.Parallel()
+	topic := kafkatest.Topic(t, 1)
+	var group string
+	b := setup(t, func(c *console.Config) {
+		group = "stalled-" + c.Schema
+		c.Groups, c.StallAfter = []string{group}, time.Millisecond
+	})
+	ctx := context.Background()
+
+	// Outbox: key k's oldest row was rejected; two later rows of k wait.
+	ob, err := outbox.New(outbox.Config{Schema: b.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := ob.Enqueue(ctx, b.pool, outbox.Message{Topic: "orders", Key: []byte("k")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.pool.Exec(ctx, "UPDATE "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+" SET rejections = 1 WHERE id = (SELECT min(id) FROM "+pgx.Identifier{b.schema, "outbox"}.Sanitize()+")"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Kafka: the group committed 2 of 5 messages and has no member.
+	kafkatest.Produce(t, kafkatest.Writer(t, topic), kafka.Message{Value: []byte("1")}, kafka.Message{Value: []byte("2")},
+		kafka.Message{Value: []byte("3")}, kafka.Message{Value: []byte("4")}, kafka.Message{Value: []byte("5")})
+	commit(t, group, topic, 2)
+
+	c := b.client(t)
+	var o struct {
+		Attention []struct{ Text string }
+		Groups    []struct {
+			Group      string
+			Lag        int64
+			Members    []any
+			Partitions []struct {
+				Committed, End, Lag int64
+				Stalled             bool
+			}
+		}
+		Outbox struct {
+			Shards []struct {
+				Shard       int
+				BlockedKeys int64 `json:"blocked_keys"`
+				HeldBack    int64 `json:"held_back"`
+			}
+		}
+	}
+	for range 2 { // the second look finds the offset where the first saw it
+		time.Sleep(2 * time.Millisecond)
+		if err := json.Unmarshal([]byte(c.get("/api/overview")), &o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var text []string
+	for _, a := range o.Attention {
+		text = append(text, a.Text)
+	}
+	all := strings.Join(text, "\n")
+	if !strings.Contains(all, "1 key blocked by a row Kafka rejected, 2 later rows held back behind it") ||
+		!strings.Contains(all, "group "+group+" has no members and a lag of 3") {
+		t.Errorf("attention:\n%s", all)
+	}
+	if len(o.Groups) != 1 || o.Groups[0].Lag != 3 || len(o.Groups[0].Partitions) != 1 || !o.Groups[0].Partitions[0].Stalled ||
+		o.Groups[0].Partitions[0].Committed != 2 || o.Groups[0].Partitions[0].End != 5 {
+		t.Errorf("groups: %+v", o.Groups)
+	}
+	blocked := 0
+	for _, s := range o.Outbox.Shards {
+		if s.BlockedKeys == 1 && s.HeldBack == 2 {
+			blocked++
+		}
+	}
+	if blocked != 1 {
+		t.Errorf("shards: %+v", o.Outbox.Shards)
+	}
+	page := c.get("/")
+	if !strings.Contains(page, "stalled") || !strings.Contains(page, "1 (2 rows held back)") {
+		t.Errorf("overview page:\n%s", page)
+	}
+}
+
+// commit commits offset for group in partition 0 of topic, as a consumer
+// that processed the messages before it would.
+func commit(t *testing.T, group, topic string, offset int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(kafkatest.Brokers()...), Transport: &kafka.Transport{}}
+	defer client.Transport.(*kafka.Transport).CloseIdleConnections()
+	res, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{topic: {{Partition: 0, Offset: offset}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ps := range res.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				t.Fatal(p.Error)
+			}
+		}
 	}
 }
