@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -24,6 +25,7 @@ var pages = func() map[string]*template.Template {
 		"plural":   plural,
 		"itoa":     func(i int64) string { return strconv.FormatInt(i, 10) },
 		"kindName": kindName,
+		"multiline": func(s string) bool { return strings.ContainsAny(s, "\n\r") },
 	}
 	out := map[string]*template.Template{}
 	for _, name := range []string{"overview", "list", "detail", "confirm", "result", "error"} {
