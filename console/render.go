@@ -18,13 +18,13 @@ var templateFS embed.FS
 // pages are the templates, each page parsed with the layout.
 var pages = func() map[string]*template.Template {
 	funcs := template.FuncMap{
-		"ago":      ago,
-		"when":     when,
-		"short":    shorten,
-		"query":    query,
-		"plural":   plural,
-		"itoa":     func(i int64) string { return strconv.FormatInt(i, 10) },
-		"kindName": kindName,
+		"ago":       ago,
+		"when":      when,
+		"short":     shorten,
+		"query":     query,
+		"plural":    plural,
+		"itoa":      func(i int64) string { return strconv.FormatInt(i, 10) },
+		"kindName":  kindName,
 		"multiline": func(s string) bool { return strings.ContainsAny(s, "\n\r") },
 	}
 	out := map[string]*template.Template{}
