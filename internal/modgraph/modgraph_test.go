@@ -17,11 +17,16 @@ const module = "github.com/exactlyhq/exactly"
 var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate", "console"}
 
 // heavyModules must not be in the module graph of a program that imports
-// the library: they are the application's choice of metrics backend.
+// the library: the application's choice of metrics backend, and test-only
+// tools.
 var heavyModules = []string{
 	"github.com/prometheus/client_golang",
 	"go.opentelemetry.io/otel/sdk", // and sdk/metric, sdk/trace
 	"go.opentelemetry.io/otel/exporters/prometheus",
+	// The console's browser test drives Chromium with chromedp: it lives
+	// in the examples module, and so does chromedp.
+	"github.com/chromedp/chromedp",
+	"github.com/chromedp/cdproto",
 }
 
 // goCmd runs the go command in dir, without the network: everything it
