@@ -61,6 +61,11 @@
 //     (SameSite=Strict, HttpOnly) and of who signed in, which the
 //     confirmation page's form holds; requests with the bearer token need
 //     none. Cross-origin POSTs are refused (http.CrossOriginProtection).
+//     The HMAC key is random per Console: after a restart, or behind a load
+//     balancer that spreads one browser over several replicas, a form must
+//     be loaded again (the refusal says so). With Config.Authenticate every
+//     person signs the token as the same principal: the cookie alone tells
+//     browsers apart.
 //   - Everything shown is HTML-escaped by html/template: a key or header of
 //     "<script>" shows as that text. Pages carry a Content-Security-Policy
 //     that allows only the console's own script and stylesheet, and
