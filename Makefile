@@ -18,7 +18,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout 25m
 # graph. Go commands with ./... cover one module: the targets below run them in both.
 EXAMPLES := examples
 
-.PHONY: help services services-down services-status test lint bench-inbox bench-outbox bench-consumer fuzz demo
+.PHONY: help services services-down services-status browser test lint bench-inbox bench-outbox bench-consumer fuzz demo
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,7 +32,10 @@ services-down: ## Stop local PostgreSQL and Kafka (data is kept)
 services-status: ## Show whether local PostgreSQL and Kafka run
 	deploy/local/services.sh status
 
-test: services ## Start the services, then go vet and all tests with -race (library and examples modules)
+browser: ## Install Debian's chromium for the console's browser test (idempotent; deploy/local/chromium.sh)
+	deploy/local/chromium.sh install
+
+test: services browser ## Start the services, then go vet and all tests with -race (library and examples modules)
 	$(GO) vet ./...
 	cd $(EXAMPLES) && $(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...

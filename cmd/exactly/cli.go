@@ -15,6 +15,7 @@ import (
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/deadletter"
 	"github.com/exactlyhq/exactly/outbox"
 )
 
@@ -96,7 +97,7 @@ is none.`,
 	},
 	{
 		name: "dead-letters replay", synopsis: "[flags] [ID...]", maxArgs: -1, summary: "re-publish through the outbox (effectively once)",
-		uses: useDSN | useSchema | useDeadLetters | useOutbox | useShards, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, consumerDeadLetters, "replayed") },
+		uses: useDSN | useSchema | useDeadLetters | useOutbox | useShards, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, consumerDeadLetters, deadletter.Replayed) },
 		doc: `Re-publishes the dead letters numbered ID, or those the filters select, through
 the outbox: each in a transaction of its own, which enqueues the message with
 its Idempotency-Key and marks the dead letter replayed, so a second run, or one
@@ -105,7 +106,7 @@ outbox.Config.Shards. Exits 4 when a named ID is not found unresolved.`,
 	},
 	{
 		name: "dead-letters discard", synopsis: "[flags] [ID...]", maxArgs: -1, summary: "mark as discarded",
-		uses: useDSN | useSchema | useDeadLetters | useOutbox, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, consumerDeadLetters, "discarded") },
+		uses: useDSN | useSchema | useDeadLetters | useOutbox, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, consumerDeadLetters, deadletter.Discarded) },
 		doc: `Marks the dead letters numbered ID, or those the filters select, discarded;
 nothing is published. Exits 4 when a named ID is not found unresolved.`,
 	},
@@ -123,7 +124,7 @@ last error, key and headers. Exits 4 when there is none.`,
 	},
 	{
 		name: "outbox-dead-letters replay", synopsis: "[flags] [ID...]", maxArgs: -1, summary: "re-enqueue with their original message ids",
-		uses: useDSN | useSchema | useOutbox | useShards, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, outboxDeadLetters, "replayed") },
+		uses: useDSN | useSchema | useOutbox | useShards, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, outboxDeadLetters, deadletter.Replayed) },
 		doc: `Re-enqueues the outbox dead letters numbered ID, or those the filters select,
 with their original message ids, so a consumer that received an earlier attempt
 skips them. -shards must be the writers' outbox.Config.Shards: a key goes back
@@ -131,9 +132,25 @@ to its shard. Exits 4 when a named ID is not found unresolved.`,
 	},
 	{
 		name: "outbox-dead-letters discard", synopsis: "[flags] [ID...]", maxArgs: -1, summary: "mark as discarded",
-		uses: useDSN | useSchema | useOutbox, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, outboxDeadLetters, "discarded") },
+		uses: useDSN | useSchema | useOutbox, setup: func(fs *flag.FlagSet) handler { return resolveCmd(fs, outboxDeadLetters, deadletter.Discarded) },
 		doc: `Marks the outbox dead letters numbered ID, or those the filters select,
 discarded; nothing is published.`,
+	},
+	{
+		name: "console", summary: "serve the operator console: overview, dead letters, replay (a web page)",
+		uses: useDSN | useTables | useShards, setup: consoleCmd,
+		doc: `Serves the operator console on -listen until interrupted: the overview of the
+consumer groups (from Kafka), the inbox, the outbox and the dead letters, and
+pages to inspect, replay and discard dead letters with the guarantees of the
+replay and discard commands. The JSON it is built from is under /api/.
+
+Authentication comes from the environment: $EXACTLY_CONSOLE_USER and
+$EXACTLY_CONSOLE_PASSWORD (basic authentication, what a browser asks for),
+$EXACTLY_CONSOLE_TOKEN (a bearer token, for scripts), or both. Without them
+the console serves a loopback address only, to requests addressed to a
+loopback name. -read-only hides and refuses every action. -shards must be the
+writers' outbox.Config.Shards. The Kafka password is read from
+$KAFKA_SASL_PASSWORD only.`,
 	},
 	{
 		name: "prune", synopsis: "-older-than AGE [flags]", summary: "delete inbox tokens older than AGE (e.g. 30d)", uses: useDSN | useSchema | useInbox, setup: pruneCmd,

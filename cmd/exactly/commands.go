@@ -3,10 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -20,9 +17,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/exactlyhq/exactly"
-	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/deadletter"
+	"github.com/exactlyhq/exactly/internal/kafkagroup"
 	"github.com/exactlyhq/exactly/migrate"
 	"github.com/exactlyhq/exactly/outbox"
 )
@@ -192,22 +189,13 @@ type deadLetterCount struct {
 	Oldest time.Time `json:"oldest,omitzero"`
 }
 
-type lagRow struct {
-	Group     string `json:"group"`
-	Topic     string `json:"topic"`
-	Partition int    `json:"partition"`
-	Committed int64  `json:"committed"`
-	End       int64  `json:"end"`
-	Lag       int64  `json:"lag"`
-}
-
 type status struct {
-	Inbox             []scopeStatus        `json:"inbox"`
-	Outbox            []outbox.ShardStatus `json:"outbox"`
-	DeadLetters       []deadLetterCount    `json:"dead_letters"`
-	OutboxDeadLetters []deadLetterCount    `json:"outbox_dead_letters"`
-	Lag               []lagRow             `json:"lag,omitempty"`
-	LagError          string               `json:"lag_error,omitempty"`
+	Inbox             []scopeStatus          `json:"inbox"`
+	Outbox            []outbox.ShardStatus   `json:"outbox"`
+	DeadLetters       []deadLetterCount      `json:"dead_letters"`
+	OutboxDeadLetters []deadLetterCount      `json:"outbox_dead_letters"`
+	Lag               []kafkagroup.Partition `json:"lag,omitempty"`
+	LagError          string                 `json:"lag_error,omitempty"`
 }
 
 type stringList []string
@@ -251,27 +239,18 @@ func statusCmd(fs *flag.FlagSet) handler {
 		if st.Outbox, err = outbox.Shards(ctx, e.pool, e.outboxConfig()); err != nil {
 			return err
 		}
-		rows, err := e.pool.Query(ctx, e.sql.DeadLettersSummary)
+		counts, err := e.dl.ConsumerSummary(ctx)
 		if err != nil {
 			return err
 		}
-		var d deadLetterCount
-		if _, err := pgx.ForEachRow(rows, []any{&d.Scope, &d.Reason, &d.Count, &d.Oldest}, func() error {
-			st.DeadLetters = append(st.DeadLetters, d)
-			return nil
-		}); err != nil {
+		for _, c := range counts {
+			st.DeadLetters = append(st.DeadLetters, deadLetterCount{Scope: c.Scope, Reason: c.Reason, Count: c.Count, Oldest: c.Oldest})
+		}
+		if counts, err = e.dl.OutboxSummary(ctx); err != nil {
 			return err
 		}
-		rows, err = e.pool.Query(ctx, e.sql.OutboxDeadLetters)
-		if err != nil {
-			return err
-		}
-		d = deadLetterCount{}
-		if _, err := pgx.ForEachRow(rows, []any{&d.Reason, &d.Count}, func() error {
-			st.OutboxDeadLetters = append(st.OutboxDeadLetters, d)
-			return nil
-		}); err != nil {
-			return err
+		for _, c := range counts {
+			st.OutboxDeadLetters = append(st.OutboxDeadLetters, deadLetterCount{Reason: c.Reason, Count: c.Count})
 		}
 		addrs := cmp.Or(*brokers, os.Getenv("KAFKA_BROKERS"))
 		if addrs != "" {
@@ -356,79 +335,17 @@ func (e *env) printStatus(st status) {
 }
 
 // consumerLag reports, for each group that exists in Kafka, the lag of every
-// partition of the topics it has committed offsets for or its members
-// subscribe to.
-func consumerLag(ctx context.Context, transport *kafka.Transport, brokers, groups []string) ([]lagRow, error) {
+// partition of the topics it has committed offsets for.
+func consumerLag(ctx context.Context, transport *kafka.Transport, brokers, groups []string) ([]kafkagroup.Partition, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	defer transport.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}
-	listed, err := client.ListGroups(ctx, &kafka.ListGroupsRequest{})
-	if err != nil {
-		return nil, err
-	}
-	exists := map[string]bool{}
-	for _, g := range listed.Groups {
-		exists[g.GroupID] = true
-	}
-	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{})
-	if err != nil {
-		return nil, err
-	}
-	partitions := map[string][]int{}
-	for _, t := range meta.Topics {
-		if t.Internal {
-			continue
-		}
-		for _, p := range t.Partitions {
-			partitions[t.Name] = append(partitions[t.Name], p.ID)
-		}
-	}
-	var out []lagRow
-	for _, g := range groups {
-		if !exists[g] {
-			continue
-		}
-		offs, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: g, Topics: partitions})
-		if err != nil {
-			return out, fmt.Errorf("group %s: %w", g, err)
-		}
-		for topic, ps := range offs.Topics {
-			committed := map[int]int64{}
-			for _, p := range ps {
-				if p.Error == nil && p.CommittedOffset >= 0 {
-					committed[p.Partition] = p.CommittedOffset
-				}
-			}
-			if len(committed) == 0 {
-				continue // the group never consumed this topic
-			}
-			req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-			for _, p := range partitions[topic] {
-				req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(p))
-			}
-			ends, err := client.ListOffsets(ctx, req)
-			if err != nil {
-				return out, fmt.Errorf("topic %s: %w", topic, err)
-			}
-			for _, po := range ends.Topics[topic] {
-				c, ok := committed[po.Partition]
-				if !ok {
-					c = -1
-				}
-				lag := po.LastOffset - max(c, 0)
-				out = append(out, lagRow{Group: g, Topic: topic, Partition: po.Partition, Committed: c, End: po.LastOffset, Lag: lag})
-			}
-		}
-	}
-	slices.SortFunc(out, func(a, b lagRow) int {
-		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition))
-	})
-	return out, nil
+	return kafkagroup.Lag(ctx, &kafka.Client{Addr: kafka.TCP(brokers...), Transport: transport}, groups)
 }
 
 // ---- dead letters
 
+// deadLetter is a consumer dead letter as the CLI prints it.
 type deadLetter struct {
 	ID         int64             `json:"id"`
 	Scope      string            `json:"scope"`
@@ -448,19 +365,35 @@ type deadLetter struct {
 	Time       *time.Time        `json:"message_time,omitempty"`
 }
 
-// filters select dead letters: of the consumers by -scope (match is the
-// scope), of the outbox by -topic (match is the topic).
+// listed is d as a list prints it, without its message.
+func listed(d deadletter.Consumer) deadLetter {
+	return deadLetter{ID: d.ID, Scope: d.Scope, Token: d.Token, Reason: d.Reason, Error: d.Error, Attempts: d.Attempts,
+		Topic: d.Topic, Partition: d.Partition, Offset: d.Offset, CreatedAt: d.CreatedAt, ResolvedAt: d.ResolvedAt, Resolution: d.Resolution}
+}
+
+// headerMap is hs by key; of repeated keys, the last.
+func headerMap(hs []deadletter.Header) map[string]string {
+	m := map[string]string{}
+	for _, h := range hs {
+		m[h.Key] = string(h.Value)
+	}
+	return m
+}
+
+// filters select dead letters: of the consumers by -scope, of the outbox by
+// -topic.
 type filters struct {
-	match, reason, since, until *string
-	limit                       *int
-	all                         *bool
+	scope, topic, reason, since, until *string
+	limit                              *int
+	all                                *bool
 }
 
 // addFilters defines the flags that select consumer dead letters; -all
 // (resolved ones too) only for listing them.
 func addFilters(fs *flag.FlagSet, listing bool) filters {
 	return filters{
-		match:  fs.String("scope", "", "only this scope (consumer group)"),
+		scope:  fs.String("scope", "", "only this scope (consumer group)"),
+		topic:  new(string),
 		reason: fs.String("reason", "", "only this reason (no_token, token_conflict, handler_error, …)"),
 		since:  fs.String("since", "", "only dead letters created since (RFC 3339 time, or an age like 24h or 7d)"),
 		until:  fs.String("until", "", "only dead letters created before (RFC 3339 time, or an age)"),
@@ -479,23 +412,27 @@ func addAll(fs *flag.FlagSet, listing bool) *bool {
 }
 
 func (f filters) any() bool {
-	return *f.match != "" || *f.reason != "" || *f.since != "" || *f.until != ""
+	return *f.scope != "" || *f.topic != "" || *f.reason != "" || *f.since != "" || *f.until != ""
 }
 
-// args are the query arguments $1..$7 of the list queries.
-func (f filters) args(ids []int64) ([]any, error) {
-	since, err := parseTime(*f.since)
+// filter is what the flags select, and ids when given.
+func (f filters) filter(ids []int64) (deadletter.Filter, error) {
+	since, err := deadletter.ParseTime(*f.since, time.Now())
 	if err != nil {
-		return nil, usageError{"-since: " + err.Error()}
+		return deadletter.Filter{}, usageError{"-since: " + err.Error()}
 	}
-	until, err := parseTime(*f.until)
+	until, err := deadletter.ParseTime(*f.until, time.Now())
 	if err != nil {
-		return nil, usageError{"-until: " + err.Error()}
+		return deadletter.Filter{}, usageError{"-until: " + err.Error()}
 	}
-	if ids == nil {
-		ids = []int64{}
+	df := deadletter.Filter{Scope: *f.scope, Topic: *f.topic, Reason: *f.reason, Since: since, Until: until, IDs: ids, Limit: *f.limit}
+	if *f.all {
+		df.State = deadletter.All
 	}
-	return []any{optional(*f.match), optional(*f.reason), since, until, *f.all, ids, *f.limit}, nil
+	if df.Limit < 1 {
+		return df, usageError{"-limit must be positive"}
+	}
+	return df, nil
 }
 
 // parseIDs reads the positional arguments as dead-letter IDs.
@@ -511,28 +448,13 @@ func parseIDs(args []string) ([]int64, error) {
 	return ids, nil
 }
 
-func (e *env) listDeadLetters(ctx context.Context, f filters, ids []int64) ([]deadLetter, error) {
-	args, err := f.args(ids)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := e.pool.Query(ctx, e.sql.DeadLettersList, args...)
-	if err != nil {
-		return nil, err
-	}
-	var out []deadLetter
-	var d deadLetter
-	_, err = pgx.ForEachRow(rows, []any{&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts, &d.Topic, &d.Partition, &d.Offset, &d.CreatedAt, &d.ResolvedAt, &d.Resolution}, func() error {
-		out = append(out, d)
-		d = deadLetter{}
-		return nil
-	})
-	return out, err
-}
-
 func dlList(fs *flag.FlagSet) handler {
 	f := addFilters(fs, true)
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		df, err := f.filter(nil)
+		if err != nil {
+			return err
+		}
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
@@ -540,15 +462,16 @@ func dlList(fs *flag.FlagSet) handler {
 		if err := e.require(ctx, e.deadLetters); err != nil {
 			return err
 		}
-		dls, err := e.listDeadLetters(ctx, f, nil)
+		dls, err := e.dl.ConsumerList(ctx, df)
 		if err != nil {
 			return err
 		}
 		if e.json {
-			if dls == nil {
-				dls = []deadLetter{}
+			out := []deadLetter{}
+			for _, d := range dls {
+				out = append(out, listed(d))
 			}
-			return e.printJSON(dls)
+			return e.printJSON(out)
 		}
 		var rows [][]string
 		for _, d := range dls {
@@ -575,21 +498,12 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	if err := e.require(ctx, e.deadLetters); err != nil {
 		return err
 	}
-	var d deadLetter
-	var keys []string
-	var values [][]byte
-	err = e.pool.QueryRow(ctx, e.sql.DeadLettersShow, id).Scan(&d.ID, &d.Scope, &d.Token, &d.Reason, &d.Error, &d.Attempts,
-		&d.Topic, &d.Partition, &d.Offset, &d.CreatedAt, &d.ResolvedAt, &d.Resolution, &d.Key, &d.Value, &keys, &values, &d.Time)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("dead letter %d: %w", id, errNotFound)
-	}
+	dl, err := e.dl.Consumer(ctx, id)
 	if err != nil {
 		return err
 	}
-	d.Headers = map[string]string{}
-	for i, k := range keys {
-		d.Headers[k] = string(values[i])
-	}
+	d := listed(dl)
+	d.Key, d.Value, d.Headers, d.Time = dl.Key, dl.Value, headerMap(dl.Headers), dl.MessageTime
 	if e.json {
 		return e.printJSON(d)
 	}
@@ -599,8 +513,8 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 		fmt.Fprintf(e.stdout, "resolved:   %s at %s\n", d.Resolution, d.ResolvedAt.UTC().Format(time.RFC3339))
 	}
 	fmt.Fprintf(e.stdout, "key:        %q\n", d.Key)
-	for i, k := range keys {
-		fmt.Fprintf(e.stdout, "header:     %s: %q\n", k, values[i])
+	for _, h := range dl.Headers {
+		fmt.Fprintf(e.stdout, "header:     %s: %q\n", h.Key, h.Value)
 	}
 	fmt.Fprintf(e.stdout, "value:      %q\n", d.Value)
 	return nil
@@ -609,31 +523,17 @@ func dlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 // deadLetterTable is what the dead-letters and outbox-dead-letters commands
 // differ in.
 type deadLetterTable struct {
+	kind    deadletter.Kind
 	noun    string                            // in messages: "dead letters"
 	filters func(*flag.FlagSet, bool) filters // the flags that select them
 	tables  func(*env) []string               // the tables a replay needs
-	list    func(context.Context, *env, filters, []int64) ([]int64, error)
-	resolve func(*env, context.Context, *outbox.Outbox, int64, string) (bool, error)
 }
 
 var consumerDeadLetters = deadLetterTable{
+	kind:    deadletter.ConsumerKind,
 	noun:    "dead letters",
 	filters: addFilters,
 	tables:  func(e *env) []string { return []string{e.deadLetters, e.outboxTable} },
-	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
-		dls, err := e.listDeadLetters(ctx, f, ids)
-		return idsOf(dls, func(d deadLetter) int64 { return d.ID }), err
-	},
-	resolve: (*env).resolve,
-}
-
-// idsOf returns the id of each of xs.
-func idsOf[T any](xs []T, id func(T) int64) []int64 {
-	out := make([]int64, len(xs))
-	for i, x := range xs {
-		out[i] = id(x)
-	}
-	return out
 }
 
 // shorten cuts s to at most n runes, marking the cut with "...".
@@ -645,12 +545,13 @@ func shorten(s string, n int) string {
 }
 
 // resolveCmd replays or discards dead letters of t, each in a transaction
-// of its own: a replay enqueues the message into the outbox in the same
-// transaction that marks the dead letter resolved, so running it twice, or
-// from two terminals, enqueues it once.
-func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) handler {
+// of its own (internal/deadletter): a replay enqueues the message into the
+// outbox in the same transaction that marks the dead letter resolved, so
+// running it twice, or from two terminals, or from the console, enqueues
+// it once.
+func resolveCmd(fs *flag.FlagSet, t deadLetterTable, r deadletter.Resolution) handler {
 	f := t.filters(fs, false)
-	dryRun := fs.Bool("dry-run", false, "list what would be "+resolution+", change nothing")
+	dryRun := fs.Bool("dry-run", false, "list what would be "+string(r)+", change nothing")
 	return func(ctx context.Context, e *env, fs *flag.FlagSet) error {
 		ids, err := parseIDs(e.args)
 		if err != nil {
@@ -665,6 +566,10 @@ func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) handler 
 			})
 			return usageError{fmt.Sprintf("name %s by ID or filter (%s)", t.noun, strings.Join(names, ", "))}
 		}
+		df, err := f.filter(ids)
+		if err != nil {
+			return err
+		}
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
@@ -672,167 +577,48 @@ func resolveCmd(fs *flag.FlagSet, t deadLetterTable, resolution string) handler 
 		if err := e.require(ctx, t.tables(e)...); err != nil {
 			return err
 		}
-		if resolution == "replayed" {
-			if err := e.checkShards(ctx); err != nil {
+		if r == deadletter.Replayed {
+			if err := e.dl.CheckShards(ctx); err != nil {
 				return err
 			}
 		}
-		selected, err := t.list(ctx, e, f, ids)
+		selected, err := e.dl.Select(ctx, t.kind, df)
 		if err != nil {
 			return err
 		}
-		ob, err := outbox.New(e.outboxConfig())
-		if err != nil {
-			return err
+		done := selected
+		if !*dryRun {
+			done, err = e.dl.ResolveAll(ctx, t.kind, selected, r)
+			if err != nil {
+				return err
+			}
 		}
-		return e.resolveEach(selected, ids, resolution, *dryRun, func(id int64) (bool, error) {
-			return t.resolve(e, ctx, ob, id, resolution)
-		})
+		return e.reportResolved(done, ids, string(r), *dryRun)
 	}
 }
 
-// resolveEach resolves the selected dead letters one at a time (none with
-// dryRun) and reports what it did; named are the IDs given on the command
-// line, each of which must have been found.
-func (e *env) resolveEach(selected, named []int64, resolution string, dryRun bool, resolve func(id int64) (bool, error)) error {
-	var done []int64
-	for _, id := range selected {
-		if dryRun {
-			done = append(done, id)
-			continue
-		}
-		ok, err := resolve(id)
-		if err != nil {
-			return fmt.Errorf("dead letter %d: %w (%d resolved before it)", id, err, len(done))
-		}
-		if ok {
-			done = append(done, id)
-		}
-	}
+// reportResolved reports the dead letters resolved (or that would be, with
+// dryRun); named are the IDs given on the command line, each of which must
+// have been found.
+func (e *env) reportResolved(done, named []int64, resolution string, dryRun bool) error {
 	if e.json {
 		if done == nil {
 			done = []int64{}
 		}
-		return e.printJSON(map[string]any{resolution: done, "dry_run": dryRun})
+		if err := e.printJSON(map[string]any{resolution: done, "dry_run": dryRun}); err != nil {
+			return err
+		}
+	} else {
+		verb := resolution
+		if dryRun {
+			verb = "would be " + resolution
+		}
+		fmt.Fprintf(e.stdout, "%d dead letters %s: %v\n", len(done), verb, done)
 	}
-	verb := resolution
-	if dryRun {
-		verb = "would be " + resolution
-	}
-	fmt.Fprintf(e.stdout, "%d dead letters %s: %v\n", len(done), verb, done)
 	if len(named) > 0 && len(done) < len(named) {
 		return fmt.Errorf("%d of the named dead letters were not found unresolved: %w", len(named)-len(done), errNotFound)
 	}
 	return nil
-}
-
-func (e *env) resolve(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
-	found := false
-	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-		var m outbox.Message
-		var keys []string
-		var values [][]byte
-		var d struct {
-			partition int
-			offset    int64
-			reason    string
-		}
-		if err := e.lockReplays(ctx, tx); err != nil {
-			return err
-		}
-		err := tx.QueryRow(ctx, e.sql.DeadLettersLock, id).Scan(&m.Topic, &m.Key, &m.Value, &keys, &values, &d.partition, &d.offset, &d.reason)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // resolved meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		found = true
-		if resolution == "replayed" {
-			m.Headers, m.ID = replayHeaders(keys, values, d.reason, m.Topic, d.partition, d.offset)
-			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
-				return err
-			}
-		}
-		_, err = tx.Exec(ctx, e.sql.DeadLettersResolve, id, resolution)
-		return err
-	})
-	return found, err
-}
-
-// checkShards refuses a -shards smaller than the writers' outbox.Config.Shards,
-// as far as the rows in the outbox tell: a replay would put a key in another
-// shard than its other rows.
-func (e *env) checkShards(ctx context.Context) error {
-	var highest int
-	if err := e.pool.QueryRow(ctx, e.sql.MaxShard).Scan(&highest); err != nil {
-		return err
-	}
-	if highest >= e.shards {
-		return fmt.Errorf("the outbox holds rows in shard %d, but -shards is %d: pass -shards as the writers' outbox.Config.Shards", highest, e.shards)
-	}
-	return nil
-}
-
-// lockReplays serializes replays and discards into the outbox table, for
-// the rest of tx.
-func (e *env) lockReplays(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, e.sql.ReplayLock, e.schema+"."+e.outboxTable)
-	return err
-}
-
-// replayHeaders returns the headers and outbox message id of a dead
-// letter's replay. The replay carries one token, in one header spelled
-// exactly as exactly.Header (the relay adds its own header beside any other
-// spelling, and consumers refuse a message with two):
-//
-//   - The message's own token when it had a usable one: its single token
-//     header (in any case), or the first of repeated ones in a dead letter
-//     whose reason says the consumer found a token (written before repeated
-//     headers were refused, when consumers read the first). Groups that
-//     processed the original skip the replay.
-//   - Otherwise (no_token, invalid_token: none, an empty one, one too long,
-//     repeated), none of its token headers: the replay gets an id derived
-//     from where the message was first read, which the relay sends as its
-//     token, so that replays of one Kafka message from the dead letters of
-//     several groups carry one token.
-func replayHeaders(keys []string, values [][]byte, reason, topic string, partition int, offset int64) ([]kafka.Header, string) {
-	var tokens []int
-	for i, k := range keys {
-		if strings.EqualFold(k, exactly.Header) {
-			tokens = append(tokens, i)
-		}
-	}
-	keep := -1
-	tokenless := reason == consumer.ReasonNoToken || reason == consumer.ReasonInvalidToken
-	if len(tokens) == 1 || len(tokens) > 1 && !tokenless {
-		if _, err := inbox.ParseToken(string(values[tokens[0]])); err == nil {
-			keep = tokens[0]
-		}
-	}
-	var hs []kafka.Header
-	for i, k := range keys {
-		switch {
-		case i == keep:
-			hs = append(hs, kafka.Header{Key: exactly.Header, Value: values[i]})
-		case !slices.Contains(tokens, i):
-			hs = append(hs, kafka.Header{Key: k, Value: values[i]})
-		}
-	}
-	if keep >= 0 {
-		return hs, ""
-	}
-	return hs, replayID(topic, partition, offset)
-}
-
-// replayID is a UUID (version 8, RFC 9562) derived from a Kafka message's
-// coordinates.
-func replayID(topic string, partition int, offset int64) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("exactly-replay\x00%s\x00%d\x00%d", topic, partition, offset)))
-	sum[6] = sum[6]&0x0f | 0x80
-	sum[8] = sum[8]&0x3f | 0x80
-	h := hex.EncodeToString(sum[:16])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // ---- prune

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -39,6 +38,7 @@ import (
 
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/deadletter"
 	"github.com/exactlyhq/exactly/internal/sqltmpl"
 	"github.com/exactlyhq/exactly/migrate"
 	"github.com/exactlyhq/exactly/outbox"
@@ -71,7 +71,8 @@ func (e notMigrated) Error() string {
 	return fmt.Sprintf("database not migrated: %s missing; run `exactly migrate up`", strings.Join(e.tables, ", "))
 }
 
-var errNotFound = errors.New("not found")
+// errNotFound is what commands that find nothing return (exit status 4).
+var errNotFound = deadletter.ErrNotFound
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	s := &session{stdout: stdout, stderr: stderr, json: wantsJSON(args)}
@@ -116,6 +117,7 @@ type env struct {
 	stdout                                            io.Writer
 	pool                                              *pgxpool.Pool
 	sql                                               queries
+	dl                                                *deadletter.Store
 }
 
 func (e *env) inboxConfig() inbox.Config {
@@ -164,11 +166,11 @@ func (e *env) connect(ctx context.Context) error {
 		return connectError(cfg.ConnConfig, err)
 	}
 	e.pool = pool
-	err = sqltmpl.Load(queryFS, "sql", map[string]string{
-		"DeadLetters":       pgx.Identifier{e.schema, e.deadLetters}.Sanitize(),
-		"Outbox":            pgx.Identifier{e.schema, e.outboxTable}.Sanitize(),
-		"OutboxDeadLetters": pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize(),
-	}, &e.sql)
+	if err := sqltmpl.Load(queryFS, "sql", nil, &e.sql); err != nil {
+		return err
+	}
+	e.dl, err = deadletter.New(pool, deadletter.Config{Schema: e.schema, DeadLetterTable: e.deadLetters,
+		OutboxTable: e.outboxTable, Shards: e.shards, ShardsSetting: "-shards"})
 	return err
 }
 
@@ -253,52 +255,10 @@ func (e *env) require(ctx context.Context, tables ...string) error {
 }
 
 // parseAge reads a duration that may use a "d" (days) suffix.
-func parseAge(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		d, err := time.ParseDuration(n + "h")
-		if err == nil && (d > math.MaxInt64/24 || d < math.MinInt64/24) {
-			return 0, fmt.Errorf("%q is longer than a time.Duration holds (about 106751d)", s)
-		}
-		return d * 24, err
-	}
-	return time.ParseDuration(s)
-}
+func parseAge(s string) (time.Duration, error) { return deadletter.ParseAge(s) }
 
-// parseTime reads an RFC 3339 time or an age ("24h", "7d" ago).
-func parseTime(s string) (*time.Time, error) {
-	if s == "" {
-		return nil, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return &t, nil
-	}
-	d, err := parseAge(s)
-	if err != nil {
-		return nil, fmt.Errorf("%q is neither an RFC 3339 time nor an age like 24h or 7d", s)
-	}
-	t := time.Now().Add(-d)
-	return &t, nil
-}
-
-func optional(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
-// queries are the statements rendered from sql/*.sql.
+// queries are the statements rendered from sql/*.sql; the dead letters'
+// are internal/deadletter's.
 type queries struct {
-	DeadLettersList          string `sql:"dead_letters_list"`
-	DeadLettersLock          string `sql:"dead_letters_lock"`
-	DeadLettersResolve       string `sql:"dead_letters_resolve"`
-	DeadLettersShow          string `sql:"dead_letters_show"`
-	DeadLettersSummary       string `sql:"dead_letters_summary"`
-	MaxShard                 string `sql:"max_shard"`
-	OutboxDeadLetters        string `sql:"outbox_dead_letters"`
-	OutboxDeadLettersList    string `sql:"outbox_dead_letters_list"`
-	OutboxDeadLettersLock    string `sql:"outbox_dead_letters_lock"`
-	OutboxDeadLettersResolve string `sql:"outbox_dead_letters_resolve"`
-	PruneCutoff              string `sql:"prune_cutoff"`
-	ReplayLock               string `sql:"replay_lock"`
+	PruneCutoff string `sql:"prune_cutoff"`
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"regexp"
 	"runtime"
@@ -15,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,6 +31,7 @@ import (
 	"github.com/exactlyhq/exactly"
 	"github.com/exactlyhq/exactly/consumer"
 	"github.com/exactlyhq/exactly/inbox"
+	"github.com/exactlyhq/exactly/internal/deadletter"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 	"github.com/exactlyhq/exactly/internal/runtest"
@@ -361,7 +365,7 @@ func TestReplayWithoutUsableToken(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{replayID(b.topic, 0, 0), replayID(b.topic, 0, 1), replayID(b.topic, 0, 2), "order-3", "order-4"}
+	want := []string{deadletter.ReplayID(b.topic, 0, 0), deadletter.ReplayID(b.topic, 0, 1), deadletter.ReplayID(b.topic, 0, 2), "order-3", "order-4"}
 	if !slices.Equal(queued, want) {
 		for i := range queued {
 			queued[i] = shorten(queued[i], 40)
@@ -704,57 +708,6 @@ func inTx(t *testing.T, pool *pgxpool.Pool, fn func(pgx.Tx) error) {
 	}
 }
 
-func TestReplayID(t *testing.T) {
-	t.Parallel()
-	a, b := replayID("orders", 3, 42), replayID("orders", 3, 42)
-	if a != b || a == replayID("orders", 3, 43) || a == replayID("orders", 4, 42) {
-		t.Fatalf("replay ids not stable per message: %s %s", a, b)
-	}
-	tok, err := inbox.ParseToken(a)
-	if err != nil || tok.String() != a {
-		t.Fatalf("replay id %q is not a canonical UUID token: %v", a, err)
-	}
-}
-
-// TestReplayHeaders: which token a replay carries, by the dead letter's
-// headers and reason.
-func TestReplayHeaders(t *testing.T) {
-	t.Parallel()
-	derived := replayID("orders", 1, 7)
-	for _, tc := range []struct {
-		name    string
-		reason  string
-		headers []string // key, value, ...
-		want    []string // the replay's headers
-		id      string
-	}{
-		{"no token", consumer.ReasonNoToken, []string{"trace", "t"}, []string{"trace", "t"}, derived},
-		{"too long", consumer.ReasonInvalidToken, []string{"Idempotency-Key", strings.Repeat("x", 1025), "trace", "t"}, []string{"trace", "t"}, derived},
-		{"repeated", consumer.ReasonInvalidToken, []string{"Idempotency-Key", "a", "trace", "t", "IDEMPOTENCY-KEY", "b"}, []string{"trace", "t"}, derived},
-		{"empty", consumer.ReasonNoToken, []string{"Idempotency-Key", ""}, nil, derived},
-		// The group read another header; groups reading this one applied it.
-		{"invalid elsewhere, usable here", consumer.ReasonInvalidToken, []string{"X-Id", strings.Repeat("x", 1025), "idempotency-key", "k1"}, []string{"X-Id", strings.Repeat("x", 1025), "Idempotency-Key", "k1"}, ""},
-		{"own token", consumer.ReasonHandlerError, []string{"Idempotency-Key", "k1"}, []string{"Idempotency-Key", "k1"}, ""},
-		{"own token, other case", consumer.ReasonPermanent, []string{"idempotency-key", "k1"}, []string{"Idempotency-Key", "k1"}, ""},
-		{"own token repeated (before refused)", consumer.ReasonHandlerError, []string{"Idempotency-Key", "k1", "Idempotency-Key", "k2"}, []string{"Idempotency-Key", "k1"}, ""},
-		{"no token header, another source", consumer.ReasonHandlerError, []string{"ce_id", "1"}, []string{"ce_id", "1"}, derived},
-	} {
-		var keys []string
-		var values [][]byte
-		for i := 0; i < len(tc.headers); i += 2 {
-			keys, values = append(keys, tc.headers[i]), append(values, []byte(tc.headers[i+1]))
-		}
-		hs, id := replayHeaders(keys, values, tc.reason, "orders", 1, 7)
-		var got []string
-		for _, h := range hs {
-			got = append(got, h.Key, string(h.Value))
-		}
-		if !slices.Equal(got, tc.want) || id != tc.id {
-			t.Errorf("%s: headers %.80q, id %q; want %.80q, %q", tc.name, got, id, tc.want, tc.id)
-		}
-	}
-}
-
 // TestStatusOverSASL: status reads consumer lag through the broker's SASL
 // listeners, plaintext (only with -kafka-sasl-plaintext-ok) and TLS
 // (-kafka-ca), with -kafka-sasl and the password from $KAFKA_SASL_PASSWORD;
@@ -838,6 +791,7 @@ func TestHelp(t *testing.T) {
 		"outbox-dead-letters show":    {"[flags] ID", slices.Concat(db, []string{"outbox-table"})},
 		"outbox-dead-letters replay":  {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "shards", "topic", "dry-run"})},
 		"outbox-dead-letters discard": {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "topic", "dry-run"})},
+		"console":                     {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards", "listen", "path", "read-only"})},
 		"prune":                       {"-older-than AGE [flags]", slices.Concat(db, []string{"inbox-table", "older-than", "scope", "batch", "dry-run", "force"})},
 		"version":                     {"[flags]", []string{"json"}},
 	}
@@ -1070,5 +1024,122 @@ func TestConnectError(t *testing.T) {
 		if got := connectError(cfg, c.err).Error(); !strings.HasPrefix(got, c.want) || strings.Contains(got, "\n") {
 			t.Errorf("connectError(%v) = %q, want it to start %q, on one line", c.err, got, c.want)
 		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// serveConsole runs `exactly console` with args until the test ends and
+// returns its address, from the line it prints.
+func serveConsole(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	exited := make(chan int, 1)
+	go func() { exited <- run(ctx, append([]string{"console", "-dsn", pgtest.DSN()}, args...), &out, &errOut) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-exited; code != exitOK {
+			t.Errorf("exactly console exited %d: %s", code, errOut.String())
+		}
+	})
+	addr := regexp.MustCompile(`exactly console: (http://\S+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := addr.FindStringSubmatch(out.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case code := <-exited:
+			exited <- code
+			t.Fatalf("exactly console exited %d: %s%s", code, out.String(), errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exactly console printed no address: %q", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string, header ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+		}
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(body)
+}
+
+// TestConsole: `exactly console` serves the console; without credentials
+// it refuses a non-loopback address, and on loopback admits only requests
+// addressed to a loopback name; with a token it requires it. Not parallel:
+// it sets the environment.
+func TestConsole(t *testing.T) {
+	b := setup(t)
+	b.poison.Store(map[string]bool{"order-1": true})
+	b.produce(t, 0, 2)
+	b.consume(t, 2)
+	t.Setenv(envConsoleUser, "")
+	t.Setenv(envConsolePassword, "")
+	t.Setenv(envConsoleToken, "")
+
+	code, _, errOut := cli(t, "console", "-schema", b.schema, "-listen", "0.0.0.0:0")
+	if code != exitUsage || !strings.Contains(errOut, "not a loopback address") {
+		t.Fatalf("console on 0.0.0.0 without credentials: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = cli(t, "console", "-schema", b.schema+"_none", "-listen", "127.0.0.1:0")
+	if code != exitNotMigrated {
+		t.Fatalf("console of an unmigrated schema: exit %d, %q", code, errOut)
+	}
+
+	url := serveConsole(t, "-schema", b.schema, "-listen", "127.0.0.1:0", "-brokers", strings.Join(kafkatest.Brokers(), ","), "-group", b.cfg.GroupID)
+	code, page := get(t, url)
+	if code != http.StatusOK || !strings.Contains(page, "1 dead letter of "+b.cfg.GroupID+" (permanent) waits") || !strings.Contains(page, b.cfg.GroupID+"</code> <span class=\"state\">Empty</span>") {
+		t.Fatalf("overview: %d\n%s", code, page)
+	}
+	if code, _ := get(t, url, "Host", "rebound.example:80"); code != http.StatusUnauthorized {
+		t.Errorf("a request addressed to another name: %d, want 401", code)
+	}
+
+	t.Setenv(envConsoleToken, "console-token")
+	url = serveConsole(t, "-schema", b.schema, "-listen", "127.0.0.1:0", "-read-only")
+	if code, _ := get(t, url+"api/overview"); code != http.StatusUnauthorized {
+		t.Errorf("without the token: %d", code)
+	}
+	code, body := get(t, url+"api/dead-letters/consumer", "Authorization", "Bearer console-token")
+	var list struct {
+		DeadLetters []struct{ Token string } `json:"dead_letters"`
+	}
+	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || len(list.DeadLetters) != 1 || list.DeadLetters[0].Token != "order-1" {
+		t.Errorf("api with the token: %d %s", code, body)
 	}
 }

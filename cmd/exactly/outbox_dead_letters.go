@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -11,15 +9,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/segmentio/kafka-go"
-
-	"github.com/exactlyhq/exactly"
-	"github.com/exactlyhq/exactly/outbox"
+	"github.com/exactlyhq/exactly/internal/deadletter"
 )
 
 // ---- outbox dead letters: committed messages Kafka rejected
 
+// outboxDeadLetter is an outbox dead letter as the CLI prints it.
 type outboxDeadLetter struct {
 	ID         int64             `json:"id"`
 	MessageID  string            `json:"message_id"`
@@ -37,15 +32,17 @@ type outboxDeadLetter struct {
 	Headers    map[string]string `json:"headers,omitempty"`
 }
 
-// storedHeader is a header as the outbox stores it (a JSON array of these).
-type storedHeader struct {
-	Key   string `json:"key"`
-	Value []byte `json:"value"`
+// listedOutbox is d as a list prints it, with its key (cut to 256 bytes)
+// and without the rest of its message.
+func listedOutbox(d deadletter.Outbox) outboxDeadLetter {
+	return outboxDeadLetter{ID: d.ID, MessageID: d.MessageID, Topic: d.Topic, Key: d.Key, Reason: d.Reason, Error: d.Error,
+		Rejections: d.Rejections, Attempts: d.Attempts, CreatedAt: d.CreatedAt, DeadAt: d.DeadAt, ResolvedAt: d.ResolvedAt, Resolution: d.Resolution}
 }
 
 func addOutboxFilters(fs *flag.FlagSet, listing bool) filters {
 	return filters{
-		match:  fs.String("topic", "", "only messages for this topic"),
+		scope:  new(string),
+		topic:  fs.String("topic", "", "only messages for this topic"),
 		reason: fs.String("reason", "", "only this reason (too_large, unknown_topic, rejected)"),
 		since:  fs.String("since", "", "only rows dead-lettered since (RFC 3339 time, or an age like 24h or 7d)"),
 		until:  fs.String("until", "", "only rows dead-lettered before (RFC 3339 time, or an age)"),
@@ -54,38 +51,13 @@ func addOutboxFilters(fs *flag.FlagSet, listing bool) filters {
 	}
 }
 
-func (e *env) listOutboxDeadLetters(ctx context.Context, f filters, ids []int64) ([]outboxDeadLetter, error) {
-	args, err := f.args(ids)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := e.pool.Query(ctx, e.sql.OutboxDeadLettersList, args...)
-	if err != nil {
-		return nil, err
-	}
-	var out []outboxDeadLetter
-	var d outboxDeadLetter
-	var headers []byte
-	_, err = pgx.ForEachRow(rows, []any{&d.ID, &d.MessageID, &d.Topic, &d.Key, &d.Reason, &d.Error, &d.Rejections, &d.Attempts,
-		&d.CreatedAt, &d.DeadAt, &d.ResolvedAt, &d.Resolution, &d.Value, &headers}, func() error {
-		var hs []storedHeader
-		if err := json.Unmarshal(headers, &hs); err != nil {
-			return fmt.Errorf("outbox dead letter %d: headers: %w", d.ID, err)
-		}
-		d.Headers = map[string]string{}
-		for _, h := range hs {
-			d.Headers[h.Key] = string(h.Value)
-		}
-		out = append(out, d)
-		d = outboxDeadLetter{}
-		return nil
-	})
-	return out, err
-}
-
 func obdlList(fs *flag.FlagSet) handler {
 	f := addOutboxFilters(fs, true)
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
+		df, err := f.filter(nil)
+		if err != nil {
+			return err
+		}
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
@@ -93,23 +65,21 @@ func obdlList(fs *flag.FlagSet) handler {
 		if err := e.require(ctx, e.outboxTable+"_dead_letters"); err != nil {
 			return err
 		}
-		dls, err := e.listOutboxDeadLetters(ctx, f, nil)
+		dls, err := e.dl.OutboxList(ctx, df)
 		if err != nil {
 			return err
 		}
 		if e.json {
-			if dls == nil {
-				dls = []outboxDeadLetter{}
+			out := []outboxDeadLetter{}
+			for _, d := range dls { // list shows no payloads; show does
+				out = append(out, listedOutbox(d))
 			}
-			for i := range dls { // list shows no payloads; show does
-				dls[i].Value, dls[i].Headers = nil, nil
-			}
-			return e.printJSON(dls)
+			return e.printJSON(out)
 		}
 		var rows [][]string
 		for _, d := range dls {
 			rows = append(rows, []string{strconv.FormatInt(d.ID, 10), d.Topic, strconv.Quote(string(d.Key)), d.Reason,
-				strconv.Itoa(d.Rejections), strconv.Itoa(len(d.Value)), d.DeadAt.UTC().Format(time.RFC3339), d.Resolution, shorten(d.Error, 60)})
+				strconv.Itoa(d.Rejections), strconv.Itoa(d.ValueSize), d.DeadAt.UTC().Format(time.RFC3339), d.Resolution, shorten(d.Error, 60)})
 		}
 		e.table("ID\tTOPIC\tKEY\tREASON\tREJECTIONS\tBYTES\tDEAD\tRESOLVED\tERROR", rows)
 		return nil
@@ -131,17 +101,12 @@ func obdlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	if err := e.require(ctx, e.outboxTable+"_dead_letters"); err != nil {
 		return err
 	}
-	all := true
-	limit := 1
-	empty := ""
-	dls, err := e.listOutboxDeadLetters(ctx, filters{match: &empty, reason: &empty, since: &empty, until: &empty, limit: &limit, all: &all}, ids)
+	dl, err := e.dl.Outbox(ctx, ids[0])
 	if err != nil {
 		return err
 	}
-	if len(dls) == 0 {
-		return fmt.Errorf("outbox dead letter %d: %w", ids[0], errNotFound)
-	}
-	d := dls[0]
+	d := listedOutbox(dl)
+	d.Value, d.Headers = dl.Value, headerMap(dl.Headers)
 	if e.json {
 		return e.printJSON(d)
 	}
@@ -163,55 +128,8 @@ func obdlShow(ctx context.Context, e *env, _ *flag.FlagSet) error {
 // The shard is computed with -shards, which must match the writers'
 // outbox.Config.Shards.
 var outboxDeadLetters = deadLetterTable{
+	kind:    deadletter.OutboxKind,
 	noun:    "outbox dead letters",
 	filters: addOutboxFilters,
 	tables:  func(e *env) []string { return []string{e.outboxTable, e.outboxTable + "_dead_letters"} },
-	list: func(ctx context.Context, e *env, f filters, ids []int64) ([]int64, error) {
-		dls, err := e.listOutboxDeadLetters(ctx, f, ids)
-		return idsOf(dls, func(d outboxDeadLetter) int64 { return d.ID }), err
-	},
-	resolve: (*env).resolveOutbox,
-}
-
-func (e *env) resolveOutbox(ctx context.Context, ob *outbox.Outbox, id int64, resolution string) (bool, error) {
-	found := false
-	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-		if err := e.lockReplays(ctx, tx); err != nil {
-			return err
-		}
-		var m outbox.Message
-		var headers []byte
-		var shard int
-		err := tx.QueryRow(ctx, e.sql.OutboxDeadLettersLock, id).Scan(&m.ID, &m.Topic, &m.Key, &m.Value, &headers, &shard)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // resolved meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		found = true
-		if resolution == "replayed" {
-			// A key must go back to the shard its later rows are in, or two
-			// relays could publish the key at once, out of order.
-			if s := ob.Config().ShardOf(m.Key, m.ID); len(m.Key) > 0 && s != shard {
-				return fmt.Errorf("its key was in shard %d, but -shards %d puts it in shard %d: pass -shards as the writers' outbox.Config.Shards", shard, ob.Config().Shards, s)
-			}
-			var hs []storedHeader
-			if err := json.Unmarshal(headers, &hs); err != nil {
-				return fmt.Errorf("headers: %w", err)
-			}
-			for _, h := range hs {
-				m.Headers = append(m.Headers, kafka.Header{Key: h.Key, Value: h.Value})
-				if h.Key == exactly.Header {
-					m.ID = "" // the application's own token travels in its header
-				}
-			}
-			if _, err := ob.EnqueueTx(ctx, tx, m); err != nil {
-				return err
-			}
-		}
-		_, err = tx.Exec(ctx, e.sql.OutboxDeadLettersResolve, id, resolution)
-		return err
-	})
-	return found, err
 }

@@ -52,7 +52,7 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "demo"),
-		"-duration", "15s", "-bin", bin, "-addr", freeAddr(t), "-logs", logs, "-rate", "50",
+		"-duration", "15s", "-bin", bin, "-addr", freeAddr(t), "-console", freeAddr(t), "-logs", logs, "-rate", "50",
 		"-kill-min", "2s", "-kill-max", "3s", "-drain-timeout", "60s")
 	cmd.Env = env
 	// On timeout, interrupt the demo so that it stops its children; if the
@@ -75,6 +75,7 @@ func TestDemo(t *testing.T) {
 		t.Errorf("demo: %v", err)
 	}
 	for _, re := range []string{
+		`(?m)^demo: console on http://127\.0\.0\.1:\d+/`,
 		`(?m)^\s*duplicates applied\s+0\s`,
 		`(?m)^\s*lost\s+0\s`,
 		`(?m)^RESULT: OK`,

@@ -14,16 +14,20 @@ import (
 const module = "github.com/exactlyhq/exactly"
 
 // libraryPackages are the packages a program imports to use the library.
-var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate"}
+var libraryPackages = []string{"consumer", "outbox", "idempotency", "inbox", "migrate", "console"}
 
 // heavyModules must not be in the module graph of a program that imports
-// the library: they are the application's choice of metrics and tracing
-// backend.
+// the library: the application's choice of metrics and tracing backend,
+// and test-only tools.
 var heavyModules = []string{
 	"github.com/prometheus/client_golang",
 	"go.opentelemetry.io/otel/sdk", // and sdk/metric, sdk/trace
 	"go.opentelemetry.io/otel/exporters/prometheus",
 	"go.opentelemetry.io/otel/exporters/otlp", // otlptrace/otlptracehttp and the others
+	// The console's browser test drives Chromium with chromedp: it lives
+	// in the examples module, and so does chromedp.
+	"github.com/chromedp/chromedp",
+	"github.com/chromedp/cdproto",
 }
 
 // goCmd runs the go command in dir, without the network: everything it

@@ -11,6 +11,11 @@
 // waits for the pipeline to drain, runs verify, stops everything (SIGTERM,
 // then SIGKILL after a timeout) and prints a summary.
 //
+// While it runs it serves the operator console (package console) on
+// -console, 127.0.0.1:8081 by default, and prints its address: the consumer
+// groups' members and lag, the outbox's shards and their relay, and any
+// dead letter, refreshed every 2 seconds, kills included.
+//
 // It exits 1 if verify finds a duplicate or a lost order, 130 when
 // interrupted. Interrupted or killed, it leaves no child running.
 package main
@@ -44,6 +49,7 @@ type options struct {
 	duration     time.Duration
 	bin          string
 	addr         string
+	console      string
 	rate         float64
 	logs         string
 	killMin      time.Duration
@@ -73,6 +79,7 @@ func run() int {
 	flag.DurationVar(&o.duration, "duration", 60*time.Second, "how long loadgen places orders")
 	flag.StringVar(&o.bin, "bin", "", "directory with the built programs (default: this program's directory)")
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8080", "orders-api listen address")
+	flag.StringVar(&o.console, "console", "127.0.0.1:8081", "operator console listen address, loopback only (\"\": none)")
 	flag.Float64Var(&o.rate, "rate", 100, "orders per second that loadgen places")
 	flag.StringVar(&o.logs, "logs", "", "directory for the programs' logs (default: a new temporary directory)")
 	flag.DurationVar(&o.killMin, "kill-min", 5*time.Second, "shortest time between two kills")
@@ -162,6 +169,15 @@ func (d *demo) run(ctx context.Context) int {
 		return 2
 	}
 	defer d.stopAll()
+	if o.console != "" {
+		url, stop, err := d.serveConsole(o.console)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			return 2
+		}
+		defer stop()
+		fmt.Printf("demo: console on %s: watch the consumer groups, the outbox and the kills live (this machine only, no password)\n", url)
+	}
 
 	api := d.newProc("orders-api", "orders-api", "-addr", o.addr)
 	relay := d.newProc("relay", "relay")

@@ -1,4 +1,0 @@
-SELECT id, scope, coalesce(token, ''), reason, error, attempts, kafka_topic, kafka_partition, kafka_offset,
-	created_at, resolved_at, coalesce(resolution, ''), kafka_key, kafka_value, header_keys, header_values, message_time
-FROM {{.DeadLetters}}
-WHERE id = $1

@@ -1,1 +1,0 @@
-SELECT reason, count(*) FROM {{.OutboxDeadLetters}} WHERE resolved_at IS NULL GROUP BY reason ORDER BY reason
