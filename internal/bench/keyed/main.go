@@ -41,7 +41,8 @@ var (
 	keys        = flag.Int("keys", 10_000, "distinct message keys")
 	slowN       = flag.Int("slow-messages", 20_000, "messages the slow handler runs through")
 	fastN       = flag.Int("fast-messages", 100_000, "messages the fast handler runs through")
-	slowFor     = flag.Duration("slow", 2*time.Millisecond, "time the slow handler spends in its transaction (pg_sleep)")
+	slowFor     = flag.Duration("slow", 2*time.Millisecond, "time the slow handler spends in its transaction")
+	slowIn      = flag.String("slow-in", "postgres", "where the slow handler waits: postgres (SELECT pg_sleep, a round trip) or go (time.Sleep: a call to another service, no CPU here)")
 	concurrency = flag.Int("concurrency", 32, "KeyConcurrency of the keyed runs")
 	slowBatch   = flag.Int("slow-batch-size", 50, "BatchSize of both slow runs")
 	fastBatch   = flag.Int("fast-batch-size", consumer.BatchSizeDefault, "BatchSize of both fast runs")
@@ -79,8 +80,8 @@ func main() {
 }
 
 func (b *bench) run(ctx context.Context) error {
-	log.Printf("keyed: %d partitions, %d keys; slow: %d msgs, %v per message, BatchSize %d; fast: %d msgs, BatchSize %d; KeyConcurrency %d; pool MaxConns %d; %d rounds",
-		*partitions, *keys, *slowN, *slowFor, *slowBatch, *fastN, *fastBatch, *concurrency, *conns, *rounds)
+	log.Printf("keyed: %d partitions, %d keys; slow: %d msgs, %v per message in %s, BatchSize %d; fast: %d msgs, BatchSize %d; KeyConcurrency %d; pool MaxConns %d; %d rounds",
+		*partitions, *keys, *slowN, *slowFor, *slowIn, *slowBatch, *fastN, *fastBatch, *concurrency, *conns, *rounds)
 	slowTopic, err := b.produce(ctx, *slowN)
 	if err != nil {
 		return err
@@ -163,7 +164,7 @@ func (b *bench) produce(ctx context.Context, n int) (string, error) {
 				if err == nil {
 					break
 				}
-				if !strings.Contains(err.Error(), "Unknown Topic Or Partition") || try == 50 {
+				if !strings.Contains(err.Error(), "Unknown Topic Or Partition") || try == 300 {
 					return "", err
 				}
 				time.Sleep(100 * time.Millisecond)
@@ -211,7 +212,10 @@ func (b *bench) measure(ctx context.Context, name, topic string, n, batch, lanes
 	insert := "INSERT INTO " + effects + " (token, key, seq) VALUES ($1, $2, $3)"
 	sleep := fmt.Sprintf("SELECT pg_sleep(%f)", slowFor.Seconds())
 	c, err := consumer.New(cfg, consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m consumer.Message) error {
-		if slow {
+		switch {
+		case slow && *slowIn == "go":
+			time.Sleep(*slowFor)
+		case slow:
 			if _, err := tx.Exec(ctx, sleep); err != nil {
 				return err
 			}
