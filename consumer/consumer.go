@@ -199,13 +199,27 @@ func Migrations(cfg Config) ([]migrate.Line, error) {
 }
 
 // Migrate applies the migrations of the inbox and dead-letter tables that
-// cfg names. It is safe to call from every process at start-up.
+// cfg names, and for a partitioned inbox creates the partitions of the
+// coming periods (inbox.Store.CreatePartitions). It is safe to call from
+// every process at start-up.
 func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	lines, err := Migrations(cfg)
 	if err != nil {
 		return err
 	}
-	return migrate.Up(ctx, db, lines...)
+	if err := migrate.Up(ctx, db, lines...); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	if cfg.Inbox.Layout != inbox.LayoutPartitioned {
+		return nil
+	}
+	store, err := inbox.New(db, cfg.Inbox)
+	if err != nil {
+		return err
+	}
+	_, err = store.CreatePartitions(ctx)
+	return err
 }
 
 // ErrRunning is returned by Run when the Consumer is already running.
