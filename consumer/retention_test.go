@@ -111,3 +111,95 @@ func TestPartitionedInboxExpired(t *testing.T) {
 		t.Fatalf("dead letters %v, want 6 expired (5 redeliveries and a new token below the floor)", dl)
 	}
 }
+
+// TestBackgroundMaintenance: a running consumer creates the partitions of
+// the coming days, drops those older than InboxRetention (a token of which
+// is then Expired), and deletes dead letters resolved longer ago than
+// DeadLetterRetention, keeping unresolved and recently resolved ones.
+func TestBackgroundMaintenance(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, 1, func(c *consumer.Config) {
+		c.Inbox.Layout = inbox.LayoutPartitioned
+		c.InboxRetention = 24 * time.Hour
+		c.DeadLetterRetention = 24 * time.Hour
+		c.MaintenanceInterval = 50 * time.Millisecond
+		c.PruneBatchSize = 1
+	})
+	ctx := context.Background()
+	store, err := inbox.New(b.pool, inbox.Config{Schema: b.schema, Layout: inbox.LayoutPartitioned, Scope: b.cfg.GroupID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := store.Partitions(ctx)
+	if err != nil || len(ps) != 1+inbox.PartitionsAheadDefault {
+		t.Fatalf("after Migrate: %v, %v", ps, err)
+	}
+	// A partition three days old holding a token, and the last partition
+	// ahead missing.
+	today := ps[0].From
+	old := today.Add(-3 * 24 * time.Hour)
+	parent := pgx.Identifier{b.schema, "inbox"}.Sanitize()
+	for _, stmt := range []string{
+		"DROP TABLE " + pgx.Identifier{b.schema, ps[len(ps)-1].Name}.Sanitize(),
+		fmt.Sprintf(`CREATE TABLE %s PARTITION OF %s FOR VALUES FROM ('\x00%012x') TO ('\x00%012x')`,
+			pgx.Identifier{b.schema, "inbox_p" + old.Format("20060102_1504")}.Sanitize(), parent, old.UnixMilli(), old.Add(24*time.Hour).UnixMilli()),
+	} {
+		if _, err := b.pool.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, err := inbox.ParseToken(uuidV7At(old.Add(time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func() inbox.Outcome {
+		t.Helper()
+		var got inbox.Claimed
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) (err error) {
+			got, err = store.Claim(ctx, tx, inbox.Request{Token: tok})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Outcome
+	}
+	if got := claim(); got != inbox.Fresh {
+		t.Fatalf("claim in the old partition: %v", got)
+	}
+	dl := pgx.Identifier{b.schema, "dead_letters"}.Sanitize()
+	if _, err := b.pool.Exec(ctx, `INSERT INTO `+dl+` (scope, reason, error, attempts, kafka_topic, kafka_partition, kafka_offset, created_at, resolved_at, resolution)
+		VALUES ($1, 'handler_error', 'e', 5, 't', 0, 1, now() - interval '3 days', now() - interval '2 days', 'discarded'),
+		       ($1, 'handler_error', 'e', 5, 't', 0, 2, now() - interval '3 days', now() - interval '2 days', 'replayed'),
+		       ($1, 'handler_error', 'e', 5, 't', 0, 3, now() - interval '3 days', NULL, NULL),
+		       ($1, 'handler_error', 'e', 5, 't', 0, 4, now() - interval '3 days', now() - interval '1 hour', 'discarded'),
+		       ('another-group', 'handler_error', 'e', 5, 't', 0, 5, now() - interval '3 days', now() - interval '2 days', 'discarded')`, b.cfg.GroupID); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := consumer.New(b.cfg, insertEffect(b.effects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ps, err := store.Partitions(ctx)
+		var kept []int64
+		rows, qerr := b.pool.Query(ctx, "SELECT kafka_offset FROM "+dl+" ORDER BY 1")
+		if qerr == nil {
+			kept, qerr = pgx.CollectRows(rows, pgx.RowTo[int64])
+		}
+		if err == nil && qerr == nil && len(ps) == 1+inbox.PartitionsAheadDefault && ps[0].From.Equal(today) &&
+			fmt.Sprint(kept) == "[3 4 5]" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("maintenance did not converge: partitions %v (%v), dead letters kept %v (%v)", ps, err, kept, qerr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := claim(); got != inbox.Expired {
+		t.Fatalf("the token of the dropped partition: %v, want expired", got)
+	}
+}

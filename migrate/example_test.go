@@ -61,6 +61,7 @@ func ExampleUp() {
 	// consumer_dead_letters dead_letters 002_dead_letter_resolution       applied: true
 	// consumer_dead_letters dead_letters 003_raw_header_keys              applied: true
 	// consumer_dead_letters dead_letters 004_create_attempts              applied: true
+	// consumer_dead_letters dead_letters 005_dead_letter_retention        applied: true
 	// outbox                outbox       001_create_outbox                applied: true
 	// outbox                outbox       002_rejections_and_resolution    applied: true
 }
