@@ -110,6 +110,7 @@ func exitCode(err error) int {
 type env struct {
 	uses                                              shared // the shared flags the command takes
 	dsn, schema, inboxTable, deadLetters, outboxTable string
+	layout                                            string // -inbox-layout; "" until connect finds the table's
 	shards                                            int
 	json                                              bool
 	args                                              []string // positional arguments
@@ -119,7 +120,7 @@ type env struct {
 }
 
 func (e *env) inboxConfig() inbox.Config {
-	return inbox.Config{Schema: e.schema, Table: e.inboxTable}
+	return inbox.Config{Schema: e.schema, Table: e.inboxTable, Layout: inbox.Layout(e.layout)}
 }
 
 func (e *env) consumerConfig() consumer.Config {
@@ -164,6 +165,13 @@ func (e *env) connect(ctx context.Context) error {
 		return connectError(cfg.ConnConfig, err)
 	}
 	e.pool = pool
+	if e.uses&useInbox != 0 && e.layout == "" {
+		// The layout of the table as it is; a table not created yet gets
+		// the default one.
+		if l, err := inbox.DetectLayout(ctx, pool, e.inboxConfig()); err == nil {
+			e.layout = string(l)
+		}
+	}
 	err = sqltmpl.Load(queryFS, "sql", map[string]string{
 		"DeadLetters":       pgx.Identifier{e.schema, e.deadLetters}.Sanitize(),
 		"Outbox":            pgx.Identifier{e.schema, e.outboxTable}.Sanitize(),
@@ -289,16 +297,22 @@ func optional(s string) *string {
 
 // queries are the statements rendered from sql/*.sql.
 type queries struct {
-	DeadLettersList          string `sql:"dead_letters_list"`
-	DeadLettersLock          string `sql:"dead_letters_lock"`
-	DeadLettersResolve       string `sql:"dead_letters_resolve"`
-	DeadLettersShow          string `sql:"dead_letters_show"`
-	DeadLettersSummary       string `sql:"dead_letters_summary"`
-	MaxShard                 string `sql:"max_shard"`
-	OutboxDeadLetters        string `sql:"outbox_dead_letters"`
-	OutboxDeadLettersList    string `sql:"outbox_dead_letters_list"`
-	OutboxDeadLettersLock    string `sql:"outbox_dead_letters_lock"`
-	OutboxDeadLettersResolve string `sql:"outbox_dead_letters_resolve"`
-	PruneCutoff              string `sql:"prune_cutoff"`
-	ReplayLock               string `sql:"replay_lock"`
+	DeadLettersList             string `sql:"dead_letters_list"`
+	DeadLettersLock             string `sql:"dead_letters_lock"`
+	DeadLettersResolve          string `sql:"dead_letters_resolve"`
+	DeadLettersShow             string `sql:"dead_letters_show"`
+	DeadLettersSummary          string `sql:"dead_letters_summary"`
+	MaxShard                    string `sql:"max_shard"`
+	OutboxDeadLetters           string `sql:"outbox_dead_letters"`
+	OutboxDeadLettersList       string `sql:"outbox_dead_letters_list"`
+	OutboxDeadLettersLock       string `sql:"outbox_dead_letters_lock"`
+	OutboxDeadLettersResolve    string `sql:"outbox_dead_letters_resolve"`
+	PruneCutoff                 string `sql:"prune_cutoff"`
+	PruneDeadLetters            string `sql:"prune_dead_letters"`
+	PruneDeadLettersCount       string `sql:"prune_dead_letters_count"`
+	PruneOutboxDeadLetters      string `sql:"prune_outbox_dead_letters"`
+	PruneOutboxDeadLettersCount string `sql:"prune_outbox_dead_letters_count"`
+	PrunePublished              string `sql:"prune_published"`
+	PrunePublishedCount         string `sql:"prune_published_count"`
+	ReplayLock                  string `sql:"replay_lock"`
 }
