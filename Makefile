@@ -55,7 +55,7 @@ bench-outbox: services ## Relay msgs/s from a 200k backlog, commit->Kafka latenc
 bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox (both layouts) vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M
 	$(GO) run ./internal/bench/consumer
 
-bench-retention: services ## Retiring 1M inbox tokens by partition drop vs batched delete; claims/s into a 20M-token inbox with retention on vs off
+bench-retention: services ## Retiring 1M inbox tokens by partition drop vs batched delete; claims/s into a 20M-token inbox with retention on vs off (a few minutes)
 	$(GO) run ./internal/bench/retention
 
 fuzz: ## Fuzz the consumer's token sources for 60s (seeds that found bugs live in consumer/testdata/)

@@ -48,8 +48,8 @@ import (
 )
 
 var (
-	rows        = flag.Int("rows", 20_000_000, "tokens in the partitioned inbox before ingest")
-	days        = flag.Int("days", 20, "past days (partitions) the partitioned inbox's tokens spread over; -rows/-days is the period retired per drop")
+	rows        = flag.Int("rows", 23_000_000, "tokens in the partitioned inbox at the start; the retire measurements drop 3 of its days before ingest")
+	days        = flag.Int("days", 23, "past days (partitions) the partitioned inbox's tokens spread over; -rows/-days is the period retired per drop")
 	singleRows  = flag.Int("single-rows", 2_000_000, "tokens in the single-table inbox, all claimed 40 days ago")
 	seconds     = flag.Duration("duration", 10*time.Second, "length of one ingest measurement")
 	rounds      = flag.Int("rounds", 3, "ingest measurements per variant (median reported)")
