@@ -117,9 +117,13 @@ func (c Config) validate() error {
 
 func (c Config) vars() map[string]string {
 	return map[string]string{
-		"Schema":           pgx.Identifier{c.Schema}.Sanitize(),
-		"Table":            pgx.Identifier{c.Schema, c.Table}.Sanitize(),
-		"PrimaryKey":       pgx.Identifier{c.Table + "_pkey"}.Sanitize(),
+		"Schema":     pgx.Identifier{c.Schema}.Sanitize(),
+		"Table":      pgx.Identifier{c.Schema, c.Table}.Sanitize(),
+		"PrimaryKey": pgx.Identifier{c.Table + "_pkey"}.Sanitize(),
+		// The partitioned layout's primary key has a name of its own, so that
+		// a claim of the other layout's SQL fails on it (ON CONFLICT ON
+		// CONSTRAINT) instead of claiming under the other layout's keys.
+		"TokenPrimaryKey":  pgx.Identifier{c.Table + "_token_pkey"}.Sanitize(),
 		"ProcessedAtIndex": pgx.Identifier{c.Table + "_processed_at_idx"}.Sanitize(),
 		// The partitioned layout's.
 		"Default":                 pgx.Identifier{c.Schema, c.Table + "_default"}.Sanitize(),
@@ -684,4 +688,5 @@ type queries struct {
 	DefaultCount          string `sql:"default_count"`
 	Guards                string `sql:"guards"`
 	ByteaHex              string `sql:"bytea_hex"`
+	DBNow                 string `sql:"db_now"`
 }

@@ -75,6 +75,17 @@ own tool (goose, atlas, psql). It connects to no database. The script does not
 write the table in which "migrate up" records what it applied.`,
 	},
 	{
+		name: "migrate partition-inbox", summary: "convert a single-table inbox into a partitioned one, in one transaction", uses: useDSN | useSchema | useInbox, setup: fixed(migratePartitionInbox),
+		doc: `Converts the single-table inbox into the partitioned layout in one transaction:
+locks it (claims wait), renames it TABLE_single, creates the partitioned table
+in its place with partitions from the oldest claim's day to 3 days ahead, and
+copies every token. Claims stop for as long as the copy takes; afterwards, a
+process still configured for the single layout fails to claim (it never claims
+under the wrong keys) until it runs with the partitioned layout. Follow
+docs/runbook.md, "Switching an inbox to the partitioned layout". The old table
+is kept for you to drop.`,
+	},
+	{
 		name: "status", summary: "inbox size, outbox backlog, dead letters, consumer lag", uses: useDSN | useTables | useShards, setup: statusCmd,
 		doc: `Shows the tokens and oldest token of each inbox scope; the backlog, oldest row and
 owner of every outbox shard (NO RELAY when no relay holds it), and of any shard

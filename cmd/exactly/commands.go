@@ -194,6 +194,33 @@ func migrateStatus(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	return nil
 }
 
+// migratePartitionInbox converts a single-table inbox to the partitioned
+// layout.
+func migratePartitionInbox(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	if err := e.require(ctx, e.inboxTable); err != nil {
+		return err
+	}
+	if inbox.Layout(e.layout) == inbox.LayoutPartitioned {
+		return fmt.Errorf("%s is partitioned already", pgx.Identifier{e.schema, e.inboxTable}.Sanitize())
+	}
+	start := time.Now()
+	conv, err := inbox.ConvertToPartitioned(ctx, e.pool, e.inboxConfig())
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(map[string]any{"copied": conv.Copied, "partitions_created": partitionsJSON(conv.Created), "old_table": conv.Old, "seconds": time.Since(start).Seconds()})
+	}
+	fmt.Fprintf(e.stdout, "converted %s to the partitioned layout in %v: %d tokens copied into %d partitions and the default and other ones\n",
+		pgx.Identifier{e.schema, e.inboxTable}.Sanitize(), time.Since(start).Round(time.Millisecond), conv.Copied, len(conv.Created))
+	fmt.Fprintf(e.stdout, "run every process with inbox.Config.Layout = inbox.LayoutPartitioned; once they claim, drop the old table:\n  DROP TABLE %s;\n", conv.Old)
+	return nil
+}
+
 // migrateSQL prints the migrations; it connects to no database.
 func migrateSQL(_ context.Context, e *env, _ *flag.FlagSet) error {
 	lines, _ := e.lines()

@@ -829,6 +829,7 @@ func TestHelp(t *testing.T) {
 		"migrate down":                {"[flags]", slices.Concat(db, tables)},
 		"migrate status":              {"[flags]", slices.Concat(db, tables)},
 		"migrate sql":                 {"[flags]", slices.Concat([]string{"json", "schema"}, tables)},
+		"migrate partition-inbox":     {"[flags]", slices.Concat(db, []string{"inbox-layout", "inbox-table"})},
 		"status":                      {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards"})},
 		"dead-letters list":           {"[flags]", slices.Concat(db, filters, []string{"dead-letter-table", "scope", "all"})},
 		"dead-letters show":           {"[flags] ID", slices.Concat(db, []string{"dead-letter-table"})},

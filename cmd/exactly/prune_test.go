@@ -134,3 +134,52 @@ func TestPruneDeadLettersAndPublished(t *testing.T) {
 		t.Errorf("a dead-letter age below the floor: exit %d, %q", code, errOut)
 	}
 }
+
+// TestMigratePartitionInbox: a single-table inbox converted by the command
+// keeps its tokens, and later commands find the partitioned layout.
+func TestMigratePartitionInbox(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t)
+	schema := pgtest.Schema(t, pool)
+	if code, _, errOut := cli(t, "migrate", "up", "-schema", schema); code != 0 {
+		t.Fatal(errOut)
+	}
+	single, err := inbox.New(pool, inbox.Config{Schema: schema, Scope: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := []inbox.Token{v7At(time.Now()), mustToken(t, "text"), mustToken(t, "0d0f8f5e-3c1a-4b2e-9a7f-1c2d3e4f5a6b")}
+	inTx(t, pool, func(tx pgx.Tx) error {
+		_, err := single.ClaimBatch(ctx, tx, []inbox.Request{{Token: ks[0]}, {Token: ks[1]}, {Token: ks[2]}})
+		return err
+	})
+	var conv struct {
+		Copied   int64
+		OldTable string `json:"old_table"`
+	}
+	cliJSON(t, &conv, "migrate", "partition-inbox", "-schema", schema)
+	if conv.Copied != 3 || !strings.Contains(conv.OldTable, "inbox_single") {
+		t.Fatalf("partition-inbox: %+v", conv)
+	}
+	code, out, _ := cli(t, "migrate", "status", "-schema", schema)
+	if code != 0 || !strings.Contains(out, "inbox_partitioned") || strings.Contains(out, "001_create_inbox ") {
+		t.Fatalf("migrate status after the conversion: exit %d\n%s", code, out)
+	}
+	part, err := inbox.New(pool, inbox.Config{Schema: schema, Scope: "s", Layout: inbox.LayoutPartitioned})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTx(t, pool, func(tx pgx.Tx) error {
+		got, err := part.ClaimBatch(ctx, tx, []inbox.Request{{Token: ks[0]}, {Token: ks[1]}, {Token: ks[2]}})
+		for i, c := range got {
+			if c.Outcome != inbox.Duplicate {
+				t.Errorf("token %s after the conversion: %v", ks[i], c.Outcome)
+			}
+		}
+		return err
+	})
+	if code, _, errOut := cli(t, "migrate", "partition-inbox", "-schema", schema); code == 0 || !strings.Contains(errOut, "partitioned already") {
+		t.Errorf("a second conversion: exit %d, %q", code, errOut)
+	}
+}

@@ -17,7 +17,7 @@ CREATE TABLE {{.Table}} (
 	kafka_partition integer,
 	kafka_offset    bigint,
 	processed_at    timestamptz NOT NULL DEFAULT now(),
-	CONSTRAINT {{.PrimaryKey}} PRIMARY KEY (scope, token)
+	CONSTRAINT {{.TokenPrimaryKey}} PRIMARY KEY (scope, token)
 ) PARTITION BY RANGE (token);
 
 -- Tokens that carry no time: text (kind 1), digests (kind 2) and UUIDs of

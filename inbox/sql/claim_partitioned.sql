@@ -21,7 +21,9 @@ WITH input AS (
 	SELECT $1, i.token, i.fingerprint, NULLIF(i.kafka_topic, ''), NULLIF(i.kafka_partition, -1), NULLIF(i.kafka_offset, -1)
 	FROM input i, floor f
 	WHERE i.token >= f.floor_token
-	ON CONFLICT DO NOTHING
+	-- Named, so that this statement fails on a single table (whose key is
+	-- PrimaryKey) instead of claiming under the wrong keys.
+	ON CONFLICT ON CONSTRAINT {{.TokenPrimaryKey}} DO NOTHING
 	RETURNING t.token
 )
 SELECT i.token, i.token < f.floor_token AS expired
