@@ -689,4 +689,5 @@ type queries struct {
 	Guards                string `sql:"guards"`
 	ByteaHex              string `sql:"bytea_hex"`
 	DBNow                 string `sql:"db_now"`
+	Detached              string `sql:"detached"`
 }

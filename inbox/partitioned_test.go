@@ -638,3 +638,36 @@ func TestPartitionedHostileNames(t *testing.T) {
 		t.Error("a partition period that is not whole minutes was accepted")
 	}
 }
+
+// TestDropLeftDetached: a partition left detached by a run that stopped
+// between detaching and dropping is dropped by the next run; a table of the
+// schema whose name only looks alike is not.
+func TestDropLeftDetached(t *testing.T) {
+	t.Parallel()
+	b := setup(t, inbox.Config{Layout: inbox.LayoutPartitioned})
+	ctx := context.Background()
+	ps, err := b.store.Partitions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := pgx.Identifier{b.cfg.Schema, ps[len(ps)-1].Name}.Sanitize()
+	lookalike := pgx.Identifier{b.cfg.Schema, b.cfg.Table + "_payments"}.Sanitize()
+	for _, stmt := range []string{
+		"ALTER TABLE " + pgx.Identifier{b.cfg.Schema, b.cfg.Table}.Sanitize() + " DETACH PARTITION " + last,
+		"CREATE TABLE " + lookalike + " (id int)",
+	} {
+		if _, err := b.pool.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ch, err := b.store.DropPartitions(ctx, time.Unix(0, 0)); err != nil || len(ch.Dropped) != 0 {
+		t.Fatalf("DropPartitions: %+v, %v", ch, err)
+	}
+	var detached, other bool
+	if err := b.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL", last, lookalike).Scan(&detached, &other); err != nil {
+		t.Fatal(err)
+	}
+	if detached || !other {
+		t.Fatalf("after DropPartitions: detached partition exists=%v (want false), %s exists=%v (want true)", detached, lookalike, other)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -220,12 +221,16 @@ func (s *Store) guarded(ctx context.Context, tx pgx.Tx, name string) (bool, erro
 
 // DropPartitions retires the time partitions whose tokens are all older
 // than before (their upper bound is at or before it): in one transaction
-// under the table's lock it raises the floor to the highest bound it drops,
-// then detaches and drops each. From then on a token below the floor that
-// is not in the inbox is reported Expired instead of claimed, so a message
-// whose record was dropped is never applied a second time. Derive before
-// from the database's clock, as `exactly prune` does. Like CreatePartitions
-// it is safe to call from many processes at once.
+// under the table's lock it raises the floor to the highest bound it drops
+// and detaches each partition, which takes milliseconds; a second
+// transaction, which claims do not wait for, drops them (unlinking a
+// partition's files is most of the work). From the first commit on, a token
+// below the floor that is not in the inbox is reported Expired instead of
+// claimed, so a message whose record was dropped is never applied a second
+// time. Derive before from the database's clock, as `exactly prune` does.
+// Like CreatePartitions it is safe to call from many processes at once; a
+// table left detached by a run that stopped between the two transactions is
+// dropped by the next.
 //
 // Tokens in the default and "other" partitions are retired by Prune.
 func (s *Store) DropPartitions(ctx context.Context, before time.Time) (PartitionChanges, error) {
@@ -233,6 +238,7 @@ func (s *Store) DropPartitions(ctx context.Context, before time.Time) (Partition
 	if s.cfg.Layout != LayoutPartitioned {
 		return ch, s.errNotPartitioned("DropPartitions")
 	}
+	var detached []timeRange
 	busy, err := s.maintain(ctx, func(tx pgx.Tx, _ time.Time) error {
 		existing, err := s.ranges(ctx, tx)
 		if err != nil {
@@ -257,16 +263,59 @@ func (s *Store) DropPartitions(ctx context.Context, before time.Time) (Partition
 			if err := s.execDDL(ctx, tx, "drop", r); err != nil {
 				return err
 			}
-			ch.Dropped = append(ch.Dropped, r.partition(s.cfg.Table))
 		}
+		detached = victims
 		return nil
 	})
 	ch.Busy = busy
 	if err != nil {
-		ch.Dropped = nil // rolled back
 		return ch, fmt.Errorf("inbox: drop partitions: %w", err)
 	}
+	for _, r := range detached {
+		ch.Dropped = append(ch.Dropped, r.partition(s.cfg.Table))
+	}
+	if busy {
+		return ch, nil
+	}
+	// The files, without the table's lock; also what an earlier run left.
+	_, err = s.maintain(ctx, func(tx pgx.Tx, _ time.Time) error {
+		rows, err := tx.Query(ctx, s.sql.Detached, s.cfg.Schema, s.cfg.Table+"_p")
+		if err != nil {
+			return err
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if !isPartitionName(s.cfg.Table, name) {
+				continue
+			}
+			stmt, err := s.renderDDL("drop_detached", map[string]string{"Partition": pgx.Identifier{s.cfg.Schema, name}.Sanitize()})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return ch, fmt.Errorf("inbox: drop detached partitions (their tokens are retired already; the next run drops them): %w", err)
+	}
 	return ch, nil
+}
+
+// isPartitionName reports whether name is the name of a time partition of
+// table, {table}_pYYYYMMDD_HHMM.
+func isPartitionName(table, name string) bool {
+	stamp, ok := strings.CutPrefix(name, table+"_p")
+	if !ok {
+		return false
+	}
+	_, err := time.Parse(partitionNameLayout, stamp)
+	return err == nil && len(stamp) == len(partitionNameLayout)
 }
 
 // maintain runs fn in a transaction that holds the table's maintenance lock,
