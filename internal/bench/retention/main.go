@@ -369,7 +369,7 @@ func (b *bench) retireByDelete(ctx context.Context, n int64) (retired, error) {
 		return r, err
 	}
 	if deleted != n {
-		return r, fmt.Errorf("Prune deleted %d tokens, want %d", deleted, n)
+		return r, fmt.Errorf("prune deleted %d tokens, want %d", deleted, n)
 	}
 	if r.wal, err = b.walSince(ctx, lsn0); err != nil {
 		return r, err
