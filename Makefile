@@ -18,7 +18,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout 25m
 # graph. Go commands with ./... cover one module: the targets below run them in both.
 EXAMPLES := examples
 
-.PHONY: help services services-down services-status browser test lint bench-inbox bench-outbox bench-consumer fuzz demo
+.PHONY: help services services-down services-status browser test lint bench-inbox bench-outbox bench-consumer bench-retention fuzz demo
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,9 +55,12 @@ bench-inbox: services ## Inbox claims/s by batch size, empty vs 5M-token inbox, 
 bench-outbox: services ## Relay msgs/s from a 200k backlog, commit->Kafka latency notify vs polling, writer tx/s with vs without wake-ups
 	$(GO) run ./internal/bench/outbox
 
-bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M; then key-level concurrency off vs on
+bench-consumer: services ## Consumer msgs/s from a 200k backlog: inbox (both layouts) vs plain vs per-message vs replay vs batch handler, RSS at 200k vs 1M; then key-level concurrency off vs on
 	$(GO) run ./internal/bench/consumer
 	$(GO) run ./internal/bench/keyed
+
+bench-retention: services ## Retiring 1M inbox tokens by partition drop vs batched delete; claims/s into a 20M-token inbox with retention on vs off (a few minutes)
+	$(GO) run ./internal/bench/retention
 
 fuzz: ## Fuzz the consumer's token sources for 60s (seeds that found bugs live in consumer/testdata/)
 	$(GO) test -run '^$$' -fuzz FuzzTokenSources -fuzztime 60s ./consumer/

@@ -38,6 +38,13 @@ type bundle struct {
 
 func setup(t *testing.T, partitions int) bundle {
 	t.Helper()
+	return setupWith(t, partitions, nil)
+}
+
+// setupWith is setup with the consumer's configuration changed by mutate
+// before the tables are created.
+func setupWith(t *testing.T, partitions int, mutate func(*consumer.Config)) bundle {
+	t.Helper()
 	pool := pgtest.Pool(t)
 	schema := pgtest.Schema(t, pool)
 	topic := kafkatest.Topic(t, partitions)
@@ -50,6 +57,9 @@ func setup(t *testing.T, partitions int) bundle {
 		effects: pgx.Identifier{schema, "effects"}.Sanitize(),
 	}
 	b.cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if mutate != nil {
+		mutate(&b.cfg)
+	}
 	ctx := context.Background()
 	if err := consumer.Migrate(ctx, pool, b.cfg); err != nil {
 		t.Fatalf("Migrate: %v", err)

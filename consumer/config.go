@@ -36,7 +36,15 @@ const (
 	FetchMaxWaitDefault           = 500 * time.Millisecond
 	StartupTimeoutDefault         = 10 * time.Second
 	PartitionWatchIntervalDefault = 5 * time.Second
+	MaintenanceIntervalDefault    = 10 * time.Minute
+	PruneBatchSizeDefault         = 1000
 )
+
+// RetentionMin is the shortest InboxRetention and DeadLetterRetention
+// accepted: a token retired that young turns the next redelivery of its
+// message into a second application. An age below it is almost certainly a
+// mistake of unit (`exactly prune` refuses it too, unless -force).
+const RetentionMin = time.Hour
 
 // Config configures a Consumer. Brokers, GroupID, Topics and Pool are
 // required.
@@ -80,6 +88,34 @@ type Config struct {
 	// DeadLetterTable is the dead-letter table, in the inbox's schema.
 	// Defaults to "dead_letters".
 	DeadLetterTable string
+
+	// InboxRetention, when set, makes the consumer retire its inbox's
+	// tokens older than this, by the database's clock, every
+	// MaintenanceInterval: for a partitioned inbox it drops the partitions
+	// whose tokens are all older, for every scope at once (inbox
+	// Store.DropPartitions), and prunes its scope's tokens that no time
+	// partition holds; for a single-table inbox it prunes its scope in
+	// batches (Store.Prune). Keep it above every redelivery window (topic
+	// retention, offset expiry, dead-letter replays: docs/runbook.md,
+	// "Retention"); at least RetentionMin. Every member of every group
+	// sharing the table may run it; they take turns under a lock. Defaults
+	// to 0: the consumer retires nothing; run `exactly prune` on a schedule.
+	InboxRetention time.Duration
+	// DeadLetterRetention, when set, makes the consumer delete its scope's
+	// dead letters resolved (replayed or discarded) longer ago than this,
+	// every MaintenanceInterval. Unresolved dead letters are never deleted.
+	// At least RetentionMin. Defaults to 0: kept forever.
+	DeadLetterRetention time.Duration
+	// MaintenanceInterval is how often the consumer maintains its tables in
+	// the background, from Run's start: for a partitioned inbox it creates
+	// the partitions of the coming periods (Store.CreatePartitions), so that
+	// they exist before their tokens, and it applies InboxRetention and
+	// DeadLetterRetention. A failure is logged and tried again at the next
+	// round. Defaults to 10m.
+	MaintenanceInterval time.Duration
+	// PruneBatchSize is how many rows one statement of the background
+	// retention deletes. Defaults to 1000.
+	PruneBatchSize int
 
 	// BatchSize is the most messages of one partition processed in one
 	// transaction. Defaults to 500.
@@ -197,6 +233,9 @@ func (c Config) withDefaults() Config {
 	c.PartitionWatchInterval = cmp.Or(c.PartitionWatchInterval, PartitionWatchIntervalDefault)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, ShutdownTimeoutDefault)
 	c.StartupTimeout = cmp.Or(c.StartupTimeout, StartupTimeoutDefault)
+	c.MaintenanceInterval = cmp.Or(c.MaintenanceInterval, MaintenanceIntervalDefault)
+	c.PruneBatchSize = cmp.Or(c.PruneBatchSize, PruneBatchSizeDefault)
+	c.Inbox.PruneBatchSize = cmp.Or(c.Inbox.PruneBatchSize, c.PruneBatchSize)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -244,6 +283,7 @@ func (c Config) validate() error {
 		"BatchWait": c.BatchWait, "RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax,
 		"SessionTimeout": c.SessionTimeout, "HeartbeatInterval": c.HeartbeatInterval,
 		"FetchMaxWait": c.FetchMaxWait, "PartitionWatchInterval": c.PartitionWatchInterval, "TransactionTimeout": c.TransactionTimeout, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout,
+		"MaintenanceInterval": c.MaintenanceInterval,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("consumer: Config.%s: negative duration %v", name, d))
@@ -260,6 +300,17 @@ func (c Config) validate() error {
 	}
 	if c.MaxPending < c.BatchSize {
 		errs = append(errs, fmt.Errorf("consumer: Config.MaxPending: %d is less than BatchSize %d", c.MaxPending, c.BatchSize))
+	}
+	for name, d := range map[string]time.Duration{"InboxRetention": c.InboxRetention, "DeadLetterRetention": c.DeadLetterRetention} {
+		if d != 0 && d < RetentionMin {
+			errs = append(errs, fmt.Errorf("consumer: Config.%s: %v is below RetentionMin (%v): a token or record retired that young defeats its purpose", name, d, RetentionMin))
+		}
+	}
+	if c.InboxRetention != 0 && c.AtLeastOnce {
+		errs = append(errs, errors.New("consumer: Config.InboxRetention: AtLeastOnce claims no tokens to retire"))
+	}
+	if c.PruneBatchSize < 1 {
+		errs = append(errs, fmt.Errorf("consumer: Config.PruneBatchSize: must be positive, got %d", c.PruneBatchSize))
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("consumer: Config.MaxAttempts: must be at least 1, got %d", c.MaxAttempts))
@@ -282,10 +333,12 @@ func (c Config) isolation() kafka.IsolationLevel {
 
 func (c Config) deadLetterVars() map[string]string {
 	return map[string]string{
-		"Table":       pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable}.Sanitize(),
-		"Unique":      pgx.Identifier{c.DeadLetterTable + "_message_key"}.Sanitize(),
-		"ReasonIndex": pgx.Identifier{c.DeadLetterTable + "_scope_reason_idx"}.Sanitize(),
-		"Attempts":    pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable + "_attempts"}.Sanitize(),
-		"TxTimeoutMs": strconv.FormatInt(c.TransactionTimeout.Milliseconds(), 10),
+		"Table":         pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable}.Sanitize(),
+		"Unique":        pgx.Identifier{c.DeadLetterTable + "_message_key"}.Sanitize(),
+		"ReasonIndex":   pgx.Identifier{c.DeadLetterTable + "_scope_reason_idx"}.Sanitize(),
+		"ResolvedIndex": pgx.Identifier{c.DeadLetterTable + "_resolved_idx"}.Sanitize(),
+		"Schema":        pgx.Identifier{c.Inbox.Schema}.Sanitize(),
+		"Attempts":      pgx.Identifier{c.Inbox.Schema, c.DeadLetterTable + "_attempts"}.Sanitize(),
+		"TxTimeoutMs":   strconv.FormatInt(c.TransactionTimeout.Milliseconds(), 10),
 	}
 }

@@ -199,13 +199,27 @@ func Migrations(cfg Config) ([]migrate.Line, error) {
 }
 
 // Migrate applies the migrations of the inbox and dead-letter tables that
-// cfg names. It is safe to call from every process at start-up.
+// cfg names, and for a partitioned inbox creates the partitions of the
+// coming periods (inbox.Store.CreatePartitions). It is safe to call from
+// every process at start-up.
 func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	lines, err := Migrations(cfg)
 	if err != nil {
 		return err
 	}
-	return migrate.Up(ctx, db, lines...)
+	if err := migrate.Up(ctx, db, lines...); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	if cfg.Inbox.Layout != inbox.LayoutPartitioned {
+		return nil
+	}
+	store, err := inbox.New(db, cfg.Inbox)
+	if err != nil {
+		return err
+	}
+	_, err = store.CreatePartitions(ctx)
+	return err
 }
 
 // ErrRunning is returned by Run when the Consumer is already running.
@@ -264,6 +278,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
+	// Table maintenance (maintain.go) runs beside the group, until Run
+	// returns.
+	mctx, stopMaintenance := context.WithCancel(ctx)
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		c.maintain(mctx)
+	}()
+	defer func() {
+		stopMaintenance()
+		<-maintained
+	}()
 	transport := newTransport(c.cfg.Dialer, c.cfg.Topics)
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: transport}
@@ -344,6 +370,15 @@ func (c *Consumer) preflight(ctx context.Context) error {
 		return fmt.Errorf("consumer: tables %s, %s and %s must exist (found inbox=%v, dead letters=%v, attempts=%v); run consumer.Migrate or `exactly migrate up`",
 			inboxTable, dlTable, attemptsTable, haveInbox, haveDL, haveAttempts)
 	}
+	if !c.cfg.AtLeastOnce {
+		layout, err := inbox.DetectLayout(ctx, c.cfg.Pool, c.cfg.Inbox)
+		if err != nil {
+			return fmt.Errorf("consumer: %w", err)
+		}
+		if layout != c.inbox.Config().Layout {
+			return fmt.Errorf("consumer: %w: %s is %s, Config.Inbox.Layout is %s", inbox.ErrLayout, inboxTable, layout, c.inbox.Config().Layout)
+		}
+	}
 	if err := kafkaprobe.Reachable(ctx, c.cfg.Dialer, c.cfg.Brokers); err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
@@ -383,12 +418,14 @@ func waitOrDone(ctx context.Context, wg *sync.WaitGroup) {
 
 // queries are the statements rendered from sql/*.sql.
 type queries struct {
-	AttemptsClear   string `sql:"attempts_clear"`
-	AttemptsRead    string `sql:"attempts_read"`
-	AttemptsSettled string `sql:"attempts_settled"`
-	AttemptsStart   string `sql:"attempts_start"`
-	AttemptsWindow  string `sql:"attempts_window"`
-	Begin           string `sql:"begin"`
-	CheckTables     string `sql:"check_tables"`
-	DeadLetter      string `sql:"dead_letter"`
+	AttemptsClear    string `sql:"attempts_clear"`
+	AttemptsRead     string `sql:"attempts_read"`
+	AttemptsSettled  string `sql:"attempts_settled"`
+	AttemptsStart    string `sql:"attempts_start"`
+	AttemptsWindow   string `sql:"attempts_window"`
+	Begin            string `sql:"begin"`
+	CheckTables      string `sql:"check_tables"`
+	DBNow            string `sql:"db_now"`
+	DeadLetter       string `sql:"dead_letter"`
+	DeadLettersPrune string `sql:"dead_letters_prune"`
 }

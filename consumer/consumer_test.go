@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/exactlyhq/exactly/consumer"
+	"github.com/exactlyhq/exactly/inbox"
 	"github.com/exactlyhq/exactly/internal/kafkatest"
 	"github.com/exactlyhq/exactly/internal/pgtest"
 )
@@ -362,6 +363,10 @@ func TestConfigErrors(t *testing.T) {
 		{func(c *consumer.Config) { c.RetryMax = time.Millisecond; c.RetryInitial = time.Second }, "Config.RetryMax"},
 		{func(c *consumer.Config) { c.StartOffset = 42 }, "Config.StartOffset"},
 		{func(c *consumer.Config) { c.Inbox.Table = strings.Repeat("t", 64) }, "Config.Table"},
+		{func(c *consumer.Config) { c.InboxRetention = time.Minute }, "Config.InboxRetention"},
+		{func(c *consumer.Config) { c.DeadLetterRetention = -time.Hour }, "Config.DeadLetterRetention"},
+		{func(c *consumer.Config) { c.AtLeastOnce = true; c.InboxRetention = time.Hour }, "AtLeastOnce claims no tokens"},
+		{func(c *consumer.Config) { c.Inbox.Layout = "sharded" }, "Config.Layout"},
 	} {
 		cfg := good
 		tc.mutate(&cfg)
@@ -399,6 +404,11 @@ func TestRunFailsFast(t *testing.T) {
 	notMigrated.Inbox.Schema = "never_migrated_" + pgtest.RandomSuffix()
 	if err := run(notMigrated); err == nil || !strings.Contains(err.Error(), "must exist") {
 		t.Errorf("not migrated: got %v", err)
+	}
+	otherLayout := b.cfg
+	otherLayout.Inbox.Layout = inbox.LayoutPartitioned
+	if err := run(otherLayout); !errors.Is(err, inbox.ErrLayout) {
+		t.Errorf("a partitioned Config.Inbox.Layout on a single-table inbox: got %v, want ErrLayout", err)
 	}
 	noPostgres := b.cfg
 	pool, err := pgxpool.New(context.Background(), "postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2")

@@ -126,5 +126,19 @@
 // The dead-letter table keeps the whole message (key, value, headers,
 // coordinates; header keys that are not text kept as bytes), the reason ([ReasonNoToken], [ReasonTokenConflict], …), the
 // last error and the attempt count. A dead-lettered message's token is not
-// claimed, so a replay of it is processed.
+// claimed, so a replay of it is processed. With a partitioned inbox
+// (inbox.LayoutPartitioned), a message whose UUIDv7 token is older than the
+// inbox keeps is dead-lettered as [ReasonTokenExpired]: its record may have
+// been dropped after it was applied, so it is not applied again.
+//
+// # Maintenance
+//
+// Beside the group, Run maintains the consumer's tables every
+// Config.MaintenanceInterval: for a partitioned inbox it creates the
+// partitions of the coming periods; with Config.InboxRetention it retires
+// tokens older than that (dropping whole partitions in a partitioned inbox,
+// pruning the rest row by row), and with Config.DeadLetterRetention it
+// deletes the scope's dead letters resolved longer ago. Every member may do
+// it; the inbox's partition maintenance runs in one process at a time under
+// an advisory lock. Without these options, run `exactly prune` on a schedule.
 package consumer

@@ -39,6 +39,7 @@ const (
 	ReasonNoToken       = "no_token"       // no idempotency token where one is required
 	ReasonInvalidToken  = "invalid_token"  // a token present but unusable (too long)
 	ReasonTokenConflict = "token_conflict" // the token was used before for a different payload
+	ReasonTokenExpired  = "token_expired"  // a UUIDv7 token older than the partitioned inbox keeps (inbox.Expired)
 	ReasonOversized     = "oversized"      // key and value exceed Config.MaxMessageBytes
 	ReasonUndecodable   = "undecodable"    // the handler returned ErrUndecodable
 	ReasonPermanent     = "permanent"      // the handler returned Permanent(err)

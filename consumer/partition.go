@@ -556,6 +556,12 @@ func (p *partition) optimistic(ctx context.Context, items []*item) (t tally, err
 			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
 			dead = append(dead, it)
 			conflicts = append(conflicts, it)
+		case inbox.Expired:
+			it.reason, it.err = ReasonTokenExpired, expiredError(it)
+			dead = append(dead, it)
+			conflicts = append(conflicts, it)
+		default:
+			return t, fmt.Errorf("inbox: claim of %s: unknown outcome %v", it.token, c.Outcome)
 		}
 		j++
 	}
@@ -673,16 +679,21 @@ func (p *partition) careful(ctx context.Context, items []*item) (_ int, t tally,
 			p.c.tracer.message(ctx, it, "duplicate")
 			it.endSpan(nil)
 			continue
-		case c.Outcome == inbox.Conflict:
+		case c.Outcome == inbox.Conflict || c.Outcome == inbox.Expired:
 			if err := sp.Rollback(ctx); err != nil {
 				return 0, t, fmt.Errorf("rollback to savepoint: %w", err)
 			}
 			it.reason, it.err = ReasonTokenConflict, conflictError(it, c)
+			if c.Outcome == inbox.Expired {
+				it.reason, it.err = ReasonTokenExpired, expiredError(it)
+			}
 			if err := p.deadLetter(ctx, tx, it); err != nil {
 				return 0, t, err
 			}
 			t.dead++
 			continue
+		case !duplicate && c.Outcome != inbox.Fresh:
+			return 0, t, fmt.Errorf("inbox: claim of %s: unknown outcome %v", it.token, c.Outcome)
 		}
 		var herr error
 		if duplicate {
@@ -776,6 +787,10 @@ func handlerReason(err error) string {
 		return ReasonPermanent
 	}
 	return ReasonHandlerError
+}
+
+func expiredError(it *item) error {
+	return fmt.Errorf("token %s is a UUIDv7 older than the inbox keeps tokens (below its floor) and is not in the inbox: its record may have been dropped after it was applied, so it is not applied again", it.token)
 }
 
 func conflictError(it *item, c inbox.Claimed) error {

@@ -12,6 +12,9 @@
 //   - a repeat gets the stored response, with the header
 //     "Idempotent-Replayed: true";
 //   - a repeat with a different method, path or body gets 422;
+//   - with a partitioned inbox (inbox.LayoutPartitioned), a UUIDv7 key
+//     older than the inbox keeps gets 422 too: its stored response may have
+//     been dropped, so the request is not carried out again;
 //   - a repeat while the first is still running gets 409 with Retry-After
 //     (or waits up to Config.InFlightWait for the first to finish);
 //   - a request without the key gets 400 (unless Config.Optional), and so

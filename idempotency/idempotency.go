@@ -341,6 +341,15 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, h http.Handle
 	case inbox.Conflict:
 		problem(w, http.StatusUnprocessableEntity, "this "+m.cfg.Header+" was used with a different request")
 		return outcomeMismatch
+	case inbox.Expired:
+		// A partitioned inbox no longer keeps keys this old: the request may
+		// have been carried out, and its response is gone.
+		problem(w, http.StatusUnprocessableEntity, "this "+m.cfg.Header+" is a UUIDv7 older than the keys kept; it may have been used, so it is refused: send a new key")
+		return outcomeExpiredKey
+	case inbox.Fresh:
+	default:
+		m.internal(w, r, "claim", fmt.Errorf("unknown outcome %v", c.Outcome))
+		return outcomeError
 	}
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', '0', true)"); err != nil {
 		m.internal(w, r, "reset lock_timeout", err)

@@ -609,3 +609,52 @@ func TestBodyLimitOutside(t *testing.T) {
 		t.Fatalf("body over an outer limit: %d %s, want 413", rec.Code, rec.Body)
 	}
 }
+
+// TestExpiredKey: with a partitioned inbox, a UUIDv7 key whose partition
+// was dropped is refused (422), never carried out again; a key of a kept
+// partition is replayed.
+func TestExpiredKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *idempotency.Config) { c.Inbox.Layout = inbox.LayoutPartitioned })
+	ctx := context.Background()
+	now := time.Now()
+	tomorrow := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	today, later := uuidV7At(now), uuidV7At(tomorrow.Add(time.Hour))
+	for _, k := range []string{today, later} {
+		if r := b.post(t, k, "alice", "tea"); r.status != 201 || r.replayed {
+			t.Fatalf("first %s: %+v", k, r)
+		}
+	}
+	store, err := inbox.New(b.pool, inbox.Config{Schema: strings.Trim(strings.Split(b.inbox, ".")[0], `"`), Layout: inbox.LayoutPartitioned})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch, err := store.DropPartitions(ctx, tomorrow); err != nil || len(ch.Dropped) != 1 {
+		t.Fatalf("DropPartitions: %+v, %v", ch, err)
+	}
+	if r := b.post(t, today, "alice", "tea"); r.status != 422 || !strings.Contains(r.body, "older than the keys kept") {
+		t.Fatalf("repeat of a dropped key: %+v, want 422", r)
+	}
+	if r := b.post(t, uuidV7At(now), "alice", "tea"); r.status != 422 {
+		t.Fatalf("a new key below the floor: %+v, want 422", r)
+	}
+	if r := b.post(t, later, "alice", "tea"); r.status != 201 || !r.replayed {
+		t.Fatalf("repeat of a kept key: %+v, want a replay", r)
+	}
+	if n := b.orderCount(t); n != 2 {
+		t.Fatalf("%d orders, want 2", n)
+	}
+}
+
+// uuidV7At returns a UUIDv7 of time tm in canonical form.
+func uuidV7At(tm time.Time) string {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	ms := tm.UnixMilli()
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	u[6] = 0x70 | u[6]&0x0f
+	u[8] = 0x80 | u[8]&0x3f
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}

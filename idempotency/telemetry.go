@@ -35,6 +35,7 @@ const (
 	outcomeReplayed        = "replayed"
 	outcomeInFlight        = "in_flight"
 	outcomeMismatch        = "mismatch"
+	outcomeExpiredKey      = "expired_key"
 	outcomeMissingKey      = "missing_key"
 	outcomeInvalidKey      = "invalid_key"
 	outcomeInvalidRequest  = "invalid_request"

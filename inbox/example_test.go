@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -74,6 +75,59 @@ func ExampleStore_Claim() {
 	// fresh: charging the card
 	// duplicate: answer again with "order 1001"
 	// conflict: the key was used for another order
+}
+
+// ExampleStore_DropPartitions retires a day of tokens in a partitioned
+// inbox with one DROP. A token of that day is expired afterwards: the inbox
+// no longer knows whether it was applied, so it is never claimed fresh.
+func ExampleStore_DropPartitions() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, cmp.Or(os.Getenv("DATABASE_URL"), "postgres://exactly:exactly@127.0.0.1:5432/exactly?sslmode=disable"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	schema := createSchema(ctx, pool)
+	defer dropSchema(pool, schema)
+
+	// Migrate creates today's partition and the next three days'.
+	cfg := inbox.Config{Schema: schema, Scope: "payments", Layout: inbox.LayoutPartitioned}
+	if err := inbox.Migrate(ctx, pool, cfg); err != nil {
+		log.Fatal(err)
+	}
+	store, err := inbox.New(pool, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tok := inbox.UUIDToken(uuid.Must(uuid.NewV7())) // what the outbox gives every message
+	claim := func() {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			c, err := store.Claim(ctx, tx, inbox.Request{Token: tok})
+			fmt.Println(c.Outcome)
+			return err
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+	}
+	claim()
+	claim() // a redelivery
+
+	// Retire the token's day: every token older than the next midnight. In
+	// production the cut-off is the database's now() minus the retention.
+	minted, _ := tok.Time()
+	ch, err := store.DropPartitions(ctx, minted.Truncate(24*time.Hour).Add(24*time.Hour))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("dropped", len(ch.Dropped), "partition")
+	claim() // a redelivery after the retention
+	// Output:
+	// fresh
+	// duplicate
+	// dropped 1 partition
+	// expired
 }
 
 // createSchema creates a schema of its own for an example, so that examples

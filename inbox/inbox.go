@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -20,10 +21,12 @@ import (
 
 // Defaults of Config.
 const (
-	SchemaDefault         = "exactly"
-	TableDefault          = "inbox"
-	ScopeDefault          = "default"
-	PruneBatchSizeDefault = 1000
+	SchemaDefault          = "exactly"
+	TableDefault           = "inbox"
+	ScopeDefault           = "default"
+	PruneBatchSizeDefault  = 1000
+	PartitionPeriodDefault = 24 * time.Hour
+	PartitionsAheadDefault = 3
 )
 
 // MaxBatch is the most tokens one ClaimBatch call accepts. Larger batches
@@ -43,6 +46,26 @@ type Config struct {
 	// PruneBatchSize is how many tokens Prune deletes per transaction.
 	// Defaults to 1000.
 	PruneBatchSize int
+
+	// Layout is how the table is organised, chosen when Migrate creates it:
+	// LayoutSingle, one table whose retention deletes row by row, or
+	// LayoutPartitioned, partitions by UUIDv7 token time that retire whole
+	// (see the package documentation). A Store refuses to claim in a table
+	// of the other layout. Defaults to LayoutSingle.
+	Layout Layout
+	// PartitionPeriod is the span of token time one partition of the
+	// partitioned layout holds: a whole number of minutes, counted from the
+	// Unix epoch, so that a day runs from 00:00 to 24:00 UTC. Tokens are
+	// kept up to one period longer than the retention asked for; every claim
+	// of a duplicate reads through all partitions' plans, so keep the count
+	// of partitions (retention / period + PartitionsAhead) below about 50.
+	// Defaults to 24h.
+	PartitionPeriod time.Duration
+	// PartitionsAhead is how many periods after the current one
+	// CreatePartitions prepares, so that partitions exist before their
+	// tokens arrive even when maintenance stops for a while. Defaults to 3;
+	// -1 prepares the current period only.
+	PartitionsAhead int
 }
 
 func (c Config) withDefaults() Config {
@@ -50,6 +73,10 @@ func (c Config) withDefaults() Config {
 	c.Table = cmp.Or(c.Table, TableDefault)
 	c.Scope = cmp.Or(c.Scope, ScopeDefault)
 	c.PruneBatchSize = cmp.Or(c.PruneBatchSize, PruneBatchSizeDefault)
+	c.Layout = cmp.Or(c.Layout, LayoutSingle)
+	c.PartitionPeriod = cmp.Or(c.PartitionPeriod, PartitionPeriodDefault)
+	c.PartitionsAhead = cmp.Or(c.PartitionsAhead, PartitionsAheadDefault)
+	c.PartitionsAhead = max(c.PartitionsAhead, 0) // -1: the current period only
 	return c
 }
 
@@ -70,19 +97,45 @@ func (c Config) validate() error {
 	if c.PruneBatchSize < 1 {
 		return fmt.Errorf("inbox: Config.PruneBatchSize: must be positive, got %d", c.PruneBatchSize)
 	}
+	switch c.Layout {
+	case LayoutSingle:
+	case LayoutPartitioned:
+		// The longest names the layout derives from the table's.
+		for _, suffix := range []string{"_default_processed_at_idx", partitionSuffixExample} {
+			if err := sqlname.Check("inbox: Config.Table (with suffix "+suffix+")", c.Table+suffix); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("inbox: Config.Layout: %q is neither %q nor %q", c.Layout, LayoutSingle, LayoutPartitioned)
+	}
+	if c.PartitionPeriod < time.Minute || c.PartitionPeriod%time.Minute != 0 {
+		return fmt.Errorf("inbox: Config.PartitionPeriod: %v is not a whole number of minutes", c.PartitionPeriod)
+	}
 	return nil
 }
 
 func (c Config) vars() map[string]string {
 	return map[string]string{
-		"Schema":           pgx.Identifier{c.Schema}.Sanitize(),
-		"Table":            pgx.Identifier{c.Schema, c.Table}.Sanitize(),
-		"PrimaryKey":       pgx.Identifier{c.Table + "_pkey"}.Sanitize(),
+		"Schema":     pgx.Identifier{c.Schema}.Sanitize(),
+		"Table":      pgx.Identifier{c.Schema, c.Table}.Sanitize(),
+		"PrimaryKey": pgx.Identifier{c.Table + "_pkey"}.Sanitize(),
+		// The partitioned layout's primary key has a name of its own, so that
+		// a claim of the other layout's SQL fails on it (ON CONFLICT ON
+		// CONSTRAINT) instead of claiming under the other layout's keys.
+		"TokenPrimaryKey":  pgx.Identifier{c.Table + "_token_pkey"}.Sanitize(),
 		"ProcessedAtIndex": pgx.Identifier{c.Table + "_processed_at_idx"}.Sanitize(),
+		// The partitioned layout's.
+		"Default":                 pgx.Identifier{c.Schema, c.Table + "_default"}.Sanitize(),
+		"Other":                   pgx.Identifier{c.Schema, c.Table + "_other"}.Sanitize(),
+		"Floor":                   pgx.Identifier{c.Schema, c.Table + "_floor"}.Sanitize(),
+		"DefaultProcessedAtIndex": pgx.Identifier{c.Table + "_default_processed_at_idx"}.Sanitize(),
+		"DefaultTokenIndex":       pgx.Identifier{c.Table + "_default_token_idx"}.Sanitize(),
+		"OtherProcessedAtIndex":   pgx.Identifier{c.Table + "_other_processed_at_idx"}.Sanitize(),
 	}
 }
 
-//go:embed migrations/*.sql
+//go:embed migrations/*.sql migrations_partitioned/*.sql
 var migrationFS embed.FS
 
 //go:embed sql/*.sql
@@ -93,6 +146,9 @@ type Store struct {
 	db  exactly.DB
 	cfg Config
 	sql queries
+	// checked is set once the table was found to have cfg.Layout; shared
+	// by the copies WithScope makes.
+	checked *atomic.Bool
 }
 
 // New returns a Store for the inbox table and scope that cfg names. It does
@@ -110,7 +166,7 @@ func New(db exactly.DB, cfg Config) (*Store, error) {
 	if err := sqltmpl.Load(queryFS, "sql", cfg.vars(), &q); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	return &Store{db: db, cfg: cfg, sql: q}, nil
+	return &Store{db: db, cfg: cfg, sql: q, checked: new(atomic.Bool)}, nil
 }
 
 // Config returns the store's configuration with defaults applied.
@@ -125,23 +181,42 @@ func (s *Store) WithScope(scope string) *Store {
 }
 
 // Migrations returns the versioned migrations that create the inbox table
-// cfg names, for migrate.Up, migrate.Down and migrate.Status.
+// cfg names, for migrate.Up, migrate.Down and migrate.Status. The two
+// layouts are two lines: component "inbox" and "inbox_partitioned". The
+// partitioned line creates no time partition: CreatePartitions does (Migrate
+// calls it), and until then every token goes to the default partition.
 func Migrations(cfg Config) (migrate.Line, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return migrate.Line{}, err
 	}
+	if cfg.Layout == LayoutPartitioned {
+		return migrate.Load(migrationFS, "migrations_partitioned", "inbox_partitioned", cfg.Schema, cfg.Table, cfg.vars())
+	}
 	return migrate.Load(migrationFS, "migrations", "inbox", cfg.Schema, cfg.Table, cfg.vars())
 }
 
 // Migrate applies the inbox migrations that are not yet applied, under an
-// advisory lock, so it is safe to call from every process at start-up.
+// advisory lock, so it is safe to call from every process at start-up. For
+// the partitioned layout it then creates the partitions of the current
+// period and the PartitionsAhead next ones (CreatePartitions).
 func Migrate(ctx context.Context, db exactly.DB, cfg Config) error {
 	line, err := Migrations(cfg)
 	if err != nil {
 		return err
 	}
-	return migrate.Up(ctx, db, line)
+	if err := migrate.Up(ctx, db, line); err != nil {
+		return err
+	}
+	if cfg.withDefaults().Layout != LayoutPartitioned {
+		return nil
+	}
+	s, err := New(db, cfg)
+	if err != nil {
+		return err
+	}
+	_, err = s.CreatePartitions(ctx)
+	return err
 }
 
 // Outcome is what a claim found.
@@ -159,6 +234,13 @@ const (
 	// fingerprint. The producer reused a token for other content: do not
 	// skip silently and do not apply.
 	Conflict
+	// Expired: the token is a UUIDv7 older than the partitioned layout's
+	// floor (DropPartitions raised it past the token's time) and is not in
+	// the inbox. Its record, if it had one, was dropped with its partition,
+	// so whether it was applied before cannot be known: do not apply it. The
+	// consumer dead-letters such a message. Only LayoutPartitioned reports
+	// it; tokens of any other kind never expire this way.
+	Expired
 )
 
 func (o Outcome) String() string {
@@ -169,6 +251,8 @@ func (o Outcome) String() string {
 		return "duplicate"
 	case Conflict:
 		return "conflict"
+	case Expired:
+		return "expired"
 	}
 	return fmt.Sprintf("Outcome(%d)", int(o))
 }
@@ -236,12 +320,7 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 	}
 	out := make([]Claimed, len(reqs))
 	first := make(map[Token]int, len(reqs))
-	n := 0
-	tokens := make([][]byte, 0, len(reqs))
-	fps := make([][]byte, 0, len(reqs))
-	topics := make([]string, 0, len(reqs))
-	parts := make([]int32, 0, len(reqs))
-	offsets := make([]int64, 0, len(reqs))
+	b := batch{reqs: reqs, out: out, first: first}
 	for i, r := range reqs {
 		if r.Token.IsZero() {
 			return nil, fmt.Errorf("inbox: ClaimBatch: request %d: %w: zero Token", i, ErrNoToken)
@@ -254,21 +333,29 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 			continue
 		}
 		first[r.Token] = i
-		n++
 		part, off := int32(-1), int64(-1)
 		if r.Origin.Topic != "" {
 			part, off = int32(r.Origin.Partition), r.Origin.Offset
 		}
-		tokens = append(tokens, r.Token.stored())
-		fps = append(fps, r.Fingerprint)
-		topics = append(topics, r.Origin.Topic)
-		parts = append(parts, part)
-		offsets = append(offsets, off)
+		b.tokens = append(b.tokens, s.key(r.Token))
+		b.fps = append(b.fps, r.Fingerprint)
+		b.topics = append(b.topics, r.Origin.Topic)
+		b.parts = append(b.parts, part)
+		b.offsets = append(b.offsets, off)
 	}
-	if n == 0 {
+	if len(b.tokens) == 0 {
 		return out, nil
 	}
-	rows, err := tx.Query(ctx, s.sql.Claim, s.cfg.Scope, tokens, fps, topics, parts, offsets)
+	if err := s.checkLayout(ctx, tx); err != nil {
+		return nil, err
+	}
+	if s.cfg.Layout == LayoutPartitioned {
+		if err := s.claimPartitioned(ctx, tx, b); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
+	rows, err := tx.Query(ctx, s.sql.Claim, s.cfg.Scope, b.tokens, b.fps, b.topics, b.parts, b.offsets)
 	if err != nil {
 		return nil, fmt.Errorf("inbox: claim: %w", err)
 	}
@@ -281,7 +368,7 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 		case seen:
 			out[i] = row.claimed(reqs[i].Fingerprint)
 		default:
-			unresolved = append(unresolved, tok.stored())
+			unresolved = append(unresolved, s.key(tok))
 		}
 	})
 	if err != nil {
@@ -290,24 +377,102 @@ func (s *Store) ClaimBatch(ctx context.Context, tx pgx.Tx, reqs []Request) ([]Cl
 	if len(unresolved) > 0 {
 		// These waited on a concurrent claim that committed after this
 		// statement's snapshot was taken; a new statement sees it.
-		rows, err := tx.Query(ctx, s.sql.Lookup, s.cfg.Scope, unresolved)
+		found, err := s.lookup(ctx, tx, s.sql.Lookup, b, unresolved)
 		if err != nil {
-			return nil, fmt.Errorf("inbox: claim lookup: %w", err)
-		}
-		found := 0
-		err = s.scanClaims(rows, func(tok Token, _, _ bool, row storedRow) {
-			i := first[tok]
-			out[i] = row.claimed(reqs[i].Fingerprint)
-			found++
-		})
-		if err != nil {
-			return nil, fmt.Errorf("inbox: claim lookup: %w", err)
+			return nil, err
 		}
 		if found != len(unresolved) {
 			return nil, fmt.Errorf("inbox: claim: %d tokens neither inserted nor found; were they pruned concurrently?", len(unresolved)-found)
 		}
 	}
 	return out, nil
+}
+
+// batch is one ClaimBatch call: the requests, their results, and the
+// distinct tokens as the claim statement's arrays.
+type batch struct {
+	reqs  []Request
+	out   []Claimed
+	first map[Token]int // the request that claims each distinct token
+
+	tokens  [][]byte
+	fps     [][]byte
+	topics  []string
+	parts   []int32
+	offsets []int64
+}
+
+// claimPartitioned claims b in the partitioned layout: one statement inserts
+// what is new (claim_partitioned.sql) and returns only the rest, which a
+// second statement reads.
+func (s *Store) claimPartitioned(ctx context.Context, tx pgx.Tx, b batch) error {
+	rows, err := tx.Query(ctx, s.sql.ClaimPartitioned, s.cfg.Scope, b.tokens, b.fps, b.topics, b.parts, b.offsets)
+	if err != nil {
+		return fmt.Errorf("inbox: claim: %w", err)
+	}
+	var (
+		raw     []byte
+		expired bool
+		rest    [][]byte
+		below   = map[Token]bool{}
+	)
+	_, err = pgx.ForEachRow(rows, []any{&raw, &expired}, func() error {
+		tok, err := s.tokenOf(raw)
+		if err != nil {
+			return err
+		}
+		rest = append(rest, raw)
+		below[tok] = expired
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("inbox: claim: %w", err)
+	}
+	for tok, i := range b.first {
+		if _, ok := below[tok]; !ok {
+			b.out[i] = Claimed{Outcome: Fresh}
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	if _, err := s.lookup(ctx, tx, s.sql.LookupPartitioned, b, rest); err != nil {
+		return err
+	}
+	missing := 0
+	for tok, exp := range below {
+		i := b.first[tok]
+		switch {
+		case b.out[i].Outcome != 0:
+		case exp:
+			b.out[i] = Claimed{Outcome: Expired}
+		default:
+			missing++
+		}
+	}
+	if missing > 0 {
+		return fmt.Errorf("inbox: claim: %d tokens neither inserted nor found; were they pruned concurrently?", missing)
+	}
+	return nil
+}
+
+// lookup reads the committed claims of keys with query and fills in their
+// results; it returns how many it found.
+func (s *Store) lookup(ctx context.Context, tx pgx.Tx, query string, b batch, keys [][]byte) (int, error) {
+	rows, err := tx.Query(ctx, query, s.cfg.Scope, keys)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: claim lookup: %w", err)
+	}
+	found := 0
+	err = s.scanClaims(rows, func(tok Token, _, _ bool, row storedRow) {
+		i := b.first[tok]
+		b.out[i] = row.claimed(b.reqs[i].Fingerprint)
+		found++
+	})
+	if err != nil {
+		return 0, fmt.Errorf("inbox: claim lookup: %w", err)
+	}
+	return found, nil
 }
 
 type storedRow struct {
@@ -348,7 +513,7 @@ func (s *Store) scanClaims(rows pgx.Rows, fn func(Token, bool, bool, storedRow))
 		row         storedRow
 	)
 	_, err := pgx.ForEachRow(rows, []any{&raw, &fresh, &seen, &row.fingerprint, &row.result, &row.topic, &row.partition, &row.offset, &row.processedAt}, func() error {
-		tok, err := tokenFromStored(raw)
+		tok, err := s.tokenOf(raw)
 		if err != nil {
 			return err
 		}
@@ -370,7 +535,7 @@ var ErrNotClaimed = errors.New("inbox: token not claimed")
 // SetResult stores result with a token claimed in tx, so that duplicates
 // can return it. Call it in the same transaction as the claim.
 func (s *Store) SetResult(ctx context.Context, tx pgx.Tx, t Token, result []byte) error {
-	tag, err := tx.Exec(ctx, s.sql.SetResult, s.cfg.Scope, t.stored(), result)
+	tag, err := tx.Exec(ctx, s.sql.SetResult, s.cfg.Scope, s.key(t), result)
 	if err != nil {
 		return fmt.Errorf("inbox: set result: %w", err)
 	}
@@ -389,10 +554,26 @@ func (s *Store) SetResult(ctx context.Context, tx pgx.Tx, t Token, result []byte
 // so derive before from the database's now() rather than the caller's clock,
 // as `exactly prune` does: a client clock running ahead prunes younger tokens
 // than intended.
+//
+// In the partitioned layout Prune deletes only the tokens that no time
+// partition holds (the default and "other" partitions); DropPartitions
+// retires the time partitions, for every scope at once.
 func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
+	if s.cfg.Layout != LayoutPartitioned {
+		return s.prune(ctx, s.sql.Prune, before)
+	}
+	n, err := s.prune(ctx, s.sql.PruneDefault, before)
+	if err != nil {
+		return n, err
+	}
+	m, err := s.prune(ctx, s.sql.PruneOther, before)
+	return n + m, err
+}
+
+func (s *Store) prune(ctx context.Context, query string, before time.Time) (int64, error) {
 	var total int64
 	for {
-		tag, err := s.db.Exec(ctx, s.sql.Prune, s.cfg.Scope, before, s.cfg.PruneBatchSize)
+		tag, err := s.db.Exec(ctx, query, s.cfg.Scope, before, s.cfg.PruneBatchSize)
 		if err != nil {
 			return total, fmt.Errorf("inbox: prune: %w", err)
 		}
@@ -442,9 +623,24 @@ func (s *Store) Stats(ctx context.Context) (ScopeStats, error) {
 // the zero time when the scope is empty. It probes one index entry, so it is
 // cheap enough for a metrics callback: an age that grows past the retention
 // means pruning stopped.
+//
+// In the partitioned layout the time of a UUIDv7 token stands for when it
+// was claimed (its partition retires by it): Oldest is the earlier of the
+// oldest UUIDv7 token's time and the oldest claim of any other token, one
+// index probe per partition.
 func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
 	var oldest *time.Time
-	if err := s.db.QueryRow(ctx, s.sql.Oldest, s.cfg.Scope).Scan(&oldest); err != nil {
+	if s.cfg.Layout == LayoutPartitioned {
+		var low []byte
+		if err := s.db.QueryRow(ctx, s.sql.OldestPartitioned, s.cfg.Scope).Scan(&oldest, &low); err != nil {
+			return time.Time{}, fmt.Errorf("inbox: oldest: %w", err)
+		}
+		if tok, err := s.tokenOf(low); err == nil {
+			if t, ok := tok.Time(); ok && (oldest == nil || t.Before(*oldest)) {
+				oldest = &t
+			}
+		}
+	} else if err := s.db.QueryRow(ctx, s.sql.Oldest, s.cfg.Scope).Scan(&oldest); err != nil {
 		return time.Time{}, fmt.Errorf("inbox: oldest: %w", err)
 	}
 	if oldest == nil {
@@ -455,8 +651,12 @@ func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
 
 // PruneCount returns how many tokens Prune would delete: a dry run.
 func (s *Store) PruneCount(ctx context.Context, before time.Time) (int64, error) {
+	query := s.sql.PruneCount
+	if s.cfg.Layout == LayoutPartitioned {
+		query = s.sql.PruneCountPartitioned
+	}
 	var n int64
-	if err := s.db.QueryRow(ctx, s.sql.PruneCount, s.cfg.Scope, before).Scan(&n); err != nil {
+	if err := s.db.QueryRow(ctx, query, s.cfg.Scope, before).Scan(&n); err != nil {
 		return 0, fmt.Errorf("inbox: prune count: %w", err)
 	}
 	return n, nil
@@ -472,4 +672,22 @@ type queries struct {
 	ScopeStats string `sql:"scope_stats"`
 	Scopes     string `sql:"scopes"`
 	SetResult  string `sql:"set_result"`
+
+	// The partitioned layout's.
+	ClaimPartitioned      string `sql:"claim_partitioned"`
+	LookupPartitioned     string `sql:"lookup_partitioned"`
+	OldestPartitioned     string `sql:"oldest_partitioned"`
+	PruneDefault          string `sql:"prune_default"`
+	PruneOther            string `sql:"prune_other"`
+	PruneCountPartitioned string `sql:"prune_count_partitioned"`
+	TableKind             string `sql:"table_kind"`
+	Partitions            string `sql:"partitions"`
+	MaintenanceLock       string `sql:"maintenance_lock"`
+	Floor                 string `sql:"floor"`
+	FloorRaise            string `sql:"floor_raise"`
+	DefaultCount          string `sql:"default_count"`
+	Guards                string `sql:"guards"`
+	ByteaHex              string `sql:"bytea_hex"`
+	DBNow                 string `sql:"db_now"`
+	Detached              string `sql:"detached"`
 }

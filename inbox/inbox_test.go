@@ -77,9 +77,24 @@ func claim(t *testing.T, s *inbox.Store, tx pgx.Tx, r inbox.Request) inbox.Claim
 	return c
 }
 
+// layouts runs fn as a parallel subtest for each layout.
+func layouts(t *testing.T, fn func(t *testing.T, layout inbox.Layout)) {
+	t.Helper()
+	for _, l := range []inbox.Layout{inbox.LayoutSingle, inbox.LayoutPartitioned} {
+		t.Run(string(l), func(t *testing.T) {
+			t.Parallel()
+			fn(t, l)
+		})
+	}
+}
+
 func TestClaimOutcomes(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{})
+	layouts(t, testClaimOutcomes)
+}
+
+func testClaimOutcomes(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{Layout: layout})
 	ctx := context.Background()
 	k := tok(t, "order-42")
 	fp := inbox.Fingerprint([]byte(`{"amount":10}`))
@@ -127,7 +142,11 @@ func TestClaimOutcomes(t *testing.T) {
 
 func TestClaimBatch(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{})
+	layouts(t, testClaimBatch)
+}
+
+func testClaimBatch(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{Layout: layout})
 	ctx := context.Background()
 	u := "0190c5a2-7b1e-7c3d-9e4f-a1b2c3d4e5f6"
 	inTx(t, b.pool, func(tx pgx.Tx) {
@@ -173,7 +192,11 @@ func TestClaimBatch(t *testing.T) {
 
 func TestRollbackReleasesToken(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{})
+	layouts(t, testRollbackReleasesToken)
+}
+
+func testRollbackReleasesToken(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{Layout: layout})
 	ctx := context.Background()
 	k := tok(t, "payment-7")
 	tx, err := b.pool.Begin(ctx)
@@ -198,12 +221,19 @@ func TestRollbackReleasesToken(t *testing.T) {
 // outcome.
 func TestConcurrentClaimWaits(t *testing.T) {
 	t.Parallel()
+	layouts(t, testConcurrentClaimWaits)
+}
+
+func testConcurrentClaimWaits(t *testing.T, layout inbox.Layout) {
 	for _, commit := range []bool{true, false} {
 		t.Run(fmt.Sprintf("commit=%v", commit), func(t *testing.T) {
 			t.Parallel()
-			b := setup(t, inbox.Config{})
+			b := setup(t, inbox.Config{Layout: layout})
 			ctx := context.Background()
 			k := tok(t, "click-1")
+			if layout == inbox.LayoutPartitioned {
+				k = inbox.UUIDToken(uuidAt(time.Now()))
+			}
 			first, err := b.pool.Begin(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -282,13 +312,27 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 // database must hold exactly one effect per token.
 func TestConcurrentClaimsOneWinner(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{})
+	layouts(t, testConcurrentClaimsOneWinner)
+}
+
+func testConcurrentClaimsOneWinner(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{Layout: layout})
 	ctx := context.Background()
 	effects := pgx.Identifier{b.cfg.Schema, "effects"}.Sanitize()
 	if _, err := b.pool.Exec(ctx, "CREATE TABLE "+effects+" (token text NOT NULL, worker int NOT NULL)"); err != nil {
 		t.Fatal(err)
 	}
 	const tokens, workers, rounds, batch = 300, 8, 30, 25
+	// In the partitioned layout, UUIDv7 tokens on both sides of a partition
+	// boundary (tomorrow 00:00 UTC, a partition made ahead), half in each.
+	pool := make([]inbox.Token, tokens)
+	boundary := time.Now().UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	for i := range pool {
+		pool[i] = tok(t, fmt.Sprintf("tok-%d", i))
+		if layout == inbox.LayoutPartitioned {
+			pool[i] = inbox.UUIDToken(uuidAt(boundary.Add(time.Duration(i-tokens/2) * time.Millisecond)))
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -300,8 +344,9 @@ func TestConcurrentClaimsOneWinner(t *testing.T) {
 				reqs := make([]inbox.Request, batch)
 				names := make([]string, batch)
 				for i := range reqs {
-					names[i] = fmt.Sprintf("tok-%d", rng.IntN(tokens))
-					reqs[i] = inbox.Request{Token: tok(t, names[i])}
+					k := pool[rng.IntN(tokens)]
+					names[i] = k.String()
+					reqs[i] = inbox.Request{Token: k}
 				}
 				if err := claimAndApply(ctx, b, effects, w, reqs, names); err != nil {
 					errs <- err
@@ -464,7 +509,13 @@ func TestHostileNames(t *testing.T) {
 
 func TestPruneUnderConcurrentClaims(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{PruneBatchSize: 7})
+	layouts(t, testPruneUnderConcurrentClaims)
+}
+
+// testPruneUnderConcurrentClaims prunes text tokens: in the partitioned
+// layout they are pruned row by row too.
+func testPruneUnderConcurrentClaims(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{PruneBatchSize: 7, Layout: layout})
 	ctx := context.Background()
 	table := pgx.Identifier{b.cfg.Schema, b.cfg.Table}.Sanitize()
 	const old = 100
@@ -536,7 +587,11 @@ func TestPruneUnderConcurrentClaims(t *testing.T) {
 // caller retries, instead of double-applying.
 func TestRepeatableReadConcurrentCommit(t *testing.T) {
 	t.Parallel()
-	b := setup(t, inbox.Config{})
+	layouts(t, testRepeatableReadConcurrentCommit)
+}
+
+func testRepeatableReadConcurrentCommit(t *testing.T, layout inbox.Layout) {
+	b := setup(t, inbox.Config{Layout: layout})
 	ctx := context.Background()
 	k := tok(t, "rr")
 	first, err := b.pool.Begin(ctx)

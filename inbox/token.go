@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -20,6 +21,10 @@ const (
 	kindUUID   byte = 0
 	kindText   byte = 1
 	kindDigest byte = 2
+	// kindUUIDNotV7 is how the partitioned layout stores a UUID that is not
+	// a UUIDv7, so that kind 0 holds time-ordered tokens only and a random
+	// UUID's first 48 bits are never taken for a time. Never a Token's kind.
+	kindUUIDNotV7 byte = 3
 )
 
 var (
@@ -114,8 +119,33 @@ func (t Token) String() string {
 	}
 }
 
-// stored returns the form written to the token column.
+// stored returns the form written to the token column of the single-table
+// layout.
 func (t Token) stored() []byte { return []byte(t.b) }
+
+// Time returns the time of a UUIDv7 token, its first 48 bits in
+// milliseconds since the Unix epoch, and false for any other token. The
+// partitioned layout (LayoutPartitioned) files and retires tokens by it.
+func (t Token) Time() (time.Time, bool) {
+	if !t.isUUIDv7() {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(uuidMillis(t.b[1:])).UTC(), true
+}
+
+// isUUIDv7 reports whether t is a UUID of version 7 and the RFC 9562 variant.
+func (t Token) isUUIDv7() bool {
+	return len(t.b) == 17 && t.b[0] == kindUUID && t.b[7]>>4 == 7 && t.b[9]>>6 == 2
+}
+
+// uuidMillis is the 48-bit big-endian millisecond timestamp that begins u.
+func uuidMillis(u string) int64 {
+	var ms int64
+	for i := range 6 {
+		ms = ms<<8 | int64(u[i])
+	}
+	return ms
+}
 
 func isPrintable(s string) bool {
 	if !utf8.ValidString(s) {

@@ -61,8 +61,10 @@ func ExampleUp() {
 	// consumer_dead_letters dead_letters 002_dead_letter_resolution       applied: true
 	// consumer_dead_letters dead_letters 003_raw_header_keys              applied: true
 	// consumer_dead_letters dead_letters 004_create_attempts              applied: true
+	// consumer_dead_letters dead_letters 005_dead_letter_retention        applied: true
 	// outbox                outbox       001_create_outbox                applied: true
 	// outbox                outbox       002_rejections_and_resolution    applied: true
+	// outbox                outbox       003_dead_letter_retention        applied: true
 }
 
 // ExampleStatus lists the steps of the outbox's tables before and after they
@@ -103,8 +105,10 @@ func ExampleStatus() {
 	// Output:
 	// 001_create_outbox: pending
 	// 002_rejections_and_resolution: pending
+	// 003_dead_letter_retention: pending
 	// 001_create_outbox: applied
 	// 002_rejections_and_resolution: applied
+	// 003_dead_letter_retention: applied
 }
 
 // ExampleLine_SQL prints the DDL of an inbox table for teams that apply

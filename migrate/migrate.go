@@ -171,6 +171,22 @@ func Down(ctx context.Context, db exactly.DB, l Line) (Migration, error) {
 	return reverted, err
 }
 
+// Forget deletes the tracking rows of the line, under the same lock as Up,
+// without running any Down migration: for a target table that was replaced
+// by another line's (the inbox converted to another layout), whose old steps
+// must no longer count as applied.
+func Forget(ctx context.Context, db exactly.DB, l Line) error {
+	return locked(ctx, db, func(tx pgx.Tx) error {
+		if err := ensureTracking(ctx, tx, l); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM "+tracking(l)+" WHERE component = $1 AND target = $2", l.Component, l.Target); err != nil {
+			return fmt.Errorf("migrate: forget %s %s: %w", l.Component, l.Target, err)
+		}
+		return nil
+	})
+}
+
 // ErrNothingApplied is returned by Down when the line has no applied
 // migration to revert.
 var ErrNothingApplied = errors.New("migrate: no applied migration to revert")

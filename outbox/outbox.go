@@ -119,6 +119,7 @@ func (c Config) vars() map[string]string {
 		"DeadLetters":    pgx.Identifier{c.Schema, c.Table + "_dead_letters"}.Sanitize(),
 		"PendingIndex":   pgx.Identifier{c.Table + "_pending_idx"}.Sanitize(),
 		"PublishedIndex": pgx.Identifier{c.Table + "_published_idx"}.Sanitize(),
+		"ResolvedIndex":  pgx.Identifier{c.Table + "_resolved_idx"}.Sanitize(), // on the dead letters
 	}
 }
 
@@ -416,19 +417,21 @@ func shardOf(key []byte, id string, shards int) int {
 
 // queries are the statements rendered from sql/*.sql.
 type queries struct {
-	CheckTable     string `sql:"check_table"`
-	DeadLetter     string `sql:"dead_letter"`
-	Delete         string `sql:"delete"`
-	Enqueue        string `sql:"enqueue"`
-	Fetch          string `sql:"fetch"`
-	FetchIDs       string `sql:"fetch_ids"`
-	HeldBack       string `sql:"held_back"`
-	LockShard      string `sql:"lock_shard"`
-	MarkPublished  string `sql:"mark_published"`
-	Notify         string `sql:"notify"`
-	Outside        string `sql:"outside"`
-	PrunePublished string `sql:"prune_published"`
-	RecordFailure  string `sql:"record_failure"`
-	SessionTimeout string `sql:"session_timeout"`
-	Shards         string `sql:"shards"`
+	CheckTable       string `sql:"check_table"`
+	DeadLetter       string `sql:"dead_letter"`
+	Delete           string `sql:"delete"`
+	Enqueue          string `sql:"enqueue"`
+	Fetch            string `sql:"fetch"`
+	FetchIDs         string `sql:"fetch_ids"`
+	HeldBack         string `sql:"held_back"`
+	LockShard        string `sql:"lock_shard"`
+	MarkPublished    string `sql:"mark_published"`
+	Notify           string `sql:"notify"`
+	Outside          string `sql:"outside"`
+	PrunePublished   string `sql:"prune_published"`
+	PruneDeadLetters string `sql:"prune_dead_letters"`
+	DBNow            string `sql:"db_now"`
+	RecordFailure    string `sql:"record_failure"`
+	SessionTimeout   string `sql:"session_timeout"`
+	Shards           string `sql:"shards"`
 }

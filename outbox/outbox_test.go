@@ -711,3 +711,43 @@ func TestEnqueueRefusesBadNames(t *testing.T) {
 		t.Fatalf("stored key %q, headers %s: want them unchanged", key, headers)
 	}
 }
+
+// TestDeadLetterRetention: a running relay deletes dead letters resolved
+// longer ago than DeadLetterRetention, by the database's clock, and keeps
+// unresolved and recently resolved ones.
+func TestDeadLetterRetention(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	cfg := b.relay
+	cfg.DeadLetterRetention = 24 * time.Hour
+	cfg.PruneInterval = 50 * time.Millisecond
+	cfg.PruneBatchSize = 1
+	cfg.Logger = testLogger(t)
+	dl := pgx.Identifier{b.schema, "outbox_dead_letters"}.Sanitize()
+	if _, err := b.pool.Exec(context.Background(), `INSERT INTO `+dl+` (id, shard, message_id, topic, headers, created_at, attempts, reason, error, resolved_at, resolution)
+		VALUES (1, 0, gen_random_uuid(), 't', '[]', now() - interval '3 days', 10, 'too_large', 'e', now() - interval '2 days', 'discarded'),
+		       (2, 0, gen_random_uuid(), 't', '[]', now() - interval '3 days', 10, 'too_large', 'e', now() - interval '25 hours', 'replayed'),
+		       (3, 0, gen_random_uuid(), 't', '[]', now() - interval '3 days', 10, 'too_large', 'e', NULL, NULL),
+		       (4, 0, gen_random_uuid(), 't', '[]', now() - interval '3 days', 10, 'too_large', 'e', now() - interval '1 hour', 'discarded')`); err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, b.pool, cfg)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rows, err := b.pool.Query(context.Background(), "SELECT id FROM "+dl+" ORDER BY id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ids) == 2 && ids[0] == 3 && ids[1] == 4 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead letters left: %v, want [3 4]", ids)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -151,7 +151,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.runShard(ctx, work, shard, wakes[shard])
 		}()
 	}
-	if r.cfg.KeepPublished > 0 {
+	if r.cfg.KeepPublished > 0 || r.cfg.DeadLetterRetention > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

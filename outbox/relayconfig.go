@@ -101,8 +101,13 @@ type RelayConfig struct {
 	// for audit, and prunes them in batches of PruneBatchSize every
 	// PruneInterval. Defaults to 0: rows are deleted once acknowledged.
 	KeepPublished time.Duration
-	// PruneInterval and PruneBatchSize pace the pruning of kept rows.
-	// Default to 1m and 1000.
+	// DeadLetterRetention, when set, deletes the outbox's dead letters
+	// resolved (replayed or discarded) longer ago than this, by the
+	// database's clock, every PruneInterval. Unresolved dead letters are
+	// never deleted. Defaults to 0: kept forever.
+	DeadLetterRetention time.Duration
+	// PruneInterval and PruneBatchSize pace the pruning of kept rows and
+	// resolved dead letters. Default to 1m and 1000.
 	PruneInterval  time.Duration
 	PruneBatchSize int
 	// ShutdownTimeout bounds how long Run spends finishing in-flight rounds
@@ -169,7 +174,7 @@ func (c RelayConfig) validate() error {
 		errs = append(errs, fmt.Errorf("outbox: RelayConfig.Linger: %v; use -1 to turn lingering off", c.Linger))
 	}
 	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "LingerPoll": c.LingerPoll,
-		"RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax, "LockInterval": c.LockInterval, "KeepPublished": c.KeepPublished,
+		"RetryInitial": c.RetryInitial, "RetryMax": c.RetryMax, "LockInterval": c.LockInterval, "KeepPublished": c.KeepPublished, "DeadLetterRetention": c.DeadLetterRetention,
 		"PruneInterval": c.PruneInterval, "ShutdownTimeout": c.ShutdownTimeout, "StartupTimeout": c.StartupTimeout} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("outbox: RelayConfig.%s: negative duration %v", name, d))

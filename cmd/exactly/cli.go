@@ -76,6 +76,17 @@ own tool (goose, atlas, psql). It connects to no database. The script does not
 write the table in which "migrate up" records what it applied.`,
 	},
 	{
+		name: "migrate partition-inbox", summary: "convert a single-table inbox into a partitioned one, in one transaction", uses: useDSN | useSchema | useInbox, setup: fixed(migratePartitionInbox),
+		doc: `Converts the single-table inbox into the partitioned layout in one transaction:
+locks it (claims wait), renames it TABLE_single, creates the partitioned table
+in its place with partitions from the oldest claim's day to 3 days ahead, and
+copies every token. Claims stop for as long as the copy takes; afterwards, a
+process still configured for the single layout fails to claim (it never claims
+under the wrong keys) until it runs with the partitioned layout. Follow
+docs/runbook.md, "Switching an inbox to the partitioned layout". The old table
+is kept for you to drop.`,
+	},
+	{
 		name: "status", summary: "inbox size, outbox backlog, dead letters, consumer lag", uses: useDSN | useTables | useShards, setup: statusCmd,
 		doc: `Shows the tokens and oldest token of each inbox scope; the backlog, oldest row and
 owner of every outbox shard (NO RELAY when no relay holds it), and of any shard
@@ -153,11 +164,17 @@ writers' outbox.Config.Shards. The Kafka password is read from
 $KAFKA_SASL_PASSWORD only.`,
 	},
 	{
-		name: "prune", synopsis: "-older-than AGE [flags]", summary: "delete inbox tokens older than AGE (e.g. 30d)", uses: useDSN | useSchema | useInbox, setup: pruneCmd,
-		doc: `Deletes inbox tokens claimed more than AGE ago (30d, 720h) by the database's
-clock, oldest first, -batch per transaction. A token must outlive every
-redelivery of its message; an AGE below 1h is refused as a likely typo unless
--force.`,
+		name: "prune", synopsis: "-older-than AGE [flags]", summary: "retire inbox tokens older than AGE (e.g. 30d), and old dead letters", uses: useDSN | useSchema | useInbox | useDeadLetters | useOutbox, setup: pruneCmd,
+		doc: `Retires inbox tokens claimed more than AGE ago (30d, 720h) by the database's
+clock. A single-table inbox is pruned oldest first, -batch per transaction. A
+partitioned inbox gets the partitions of its coming periods, loses every
+partition whose tokens are all older than AGE (one DROP each, for every scope;
+UUIDv7 tokens below the dropped range are then refused as expired, never
+applied again), and its tokens without a partition are pruned row by row.
+-dead-letters-older-than deletes resolved dead letters, the consumers' and the
+outbox's; -published-older-than deletes outbox rows kept after publishing. A
+token must outlive every redelivery of its message; an age below 1h is refused
+as a likely typo unless -force.`,
 	},
 	{
 		name: "version", summary: "print the version of exactly and of the Go that built it", setup: fixed(versionCmd),
@@ -216,6 +233,7 @@ func (e *env) register(fs *flag.FlagSet) {
 	}
 	if e.uses&useInbox != 0 {
 		fs.StringVar(&e.inboxTable, "inbox-table", inbox.TableDefault, "inbox table")
+		fs.StringVar(&e.layout, "inbox-layout", "", `inbox layout, "single" or "partitioned" (default: the table's, or "single" for a table not created yet)`)
 	}
 	if e.uses&useDeadLetters != 0 {
 		fs.StringVar(&e.deadLetters, "dead-letter-table", consumer.DeadLetterTableDefault, "consumer dead-letter table")
@@ -237,6 +255,13 @@ func (e *env) validate() error {
 		}
 		if e.dsn == "" {
 			return errors.New("no database: set -dsn or DATABASE_URL")
+		}
+	}
+	if e.uses&useInbox != 0 {
+		switch inbox.Layout(e.layout) {
+		case "", inbox.LayoutSingle, inbox.LayoutPartitioned:
+		default:
+			return fmt.Errorf("-inbox-layout %q is neither %q nor %q", e.layout, inbox.LayoutSingle, inbox.LayoutPartitioned)
 		}
 	}
 	if e.uses&useTables != 0 {

@@ -49,11 +49,14 @@ func ago(t time.Time) string {
 // ---- migrate
 
 func migrateUp(ctx context.Context, e *env, _ *flag.FlagSet) error {
-	lines, _ := e.lines()
 	if err := e.connect(ctx); err != nil {
 		return err
 	}
 	defer e.close()
+	lines, err := e.lines() // with the layout connect found
+	if err != nil {
+		return err
+	}
 	before, err := migrate.Status(ctx, e.pool, lines...)
 	if err != nil {
 		return err
@@ -67,24 +70,57 @@ func migrateUp(ctx context.Context, e *env, _ *flag.FlagSet) error {
 			applied = append(applied, s)
 		}
 	}
-	if e.json {
-		return e.printJSON(map[string]any{"applied": applied})
+	// A partitioned inbox gets the partitions of its coming periods.
+	var created []inbox.Partition
+	if inbox.Layout(e.layout) == inbox.LayoutPartitioned {
+		store, err := inbox.New(e.pool, e.inboxConfig())
+		if err != nil {
+			return err
+		}
+		ch, err := store.CreatePartitions(ctx)
+		if err != nil {
+			return err
+		}
+		created = ch.Created
 	}
-	if len(applied) == 0 {
+	if e.json {
+		return e.printJSON(map[string]any{"applied": applied, "partitions_created": partitionsJSON(created)})
+	}
+	if len(applied) == 0 && len(created) == 0 {
 		fmt.Fprintln(e.stdout, "up to date")
 	}
 	for _, s := range applied {
 		fmt.Fprintf(e.stdout, "applied %s %03d_%s (%s.%s)\n", s.Component, s.Version, s.Name, e.schema, s.Target)
 	}
+	for _, p := range created {
+		fmt.Fprintf(e.stdout, "created partition %s.%s for tokens of %s to %s\n", e.schema, p.Name, p.From.Format(time.RFC3339), p.To.Format(time.RFC3339))
+	}
 	return nil
 }
 
+type partitionJSON struct {
+	Name string    `json:"name"`
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+func partitionsJSON(ps []inbox.Partition) []partitionJSON {
+	out := []partitionJSON{}
+	for _, p := range ps {
+		out = append(out, partitionJSON{p.Name, p.From, p.To})
+	}
+	return out
+}
+
 func migrateDown(ctx context.Context, e *env, _ *flag.FlagSet) error {
-	lines, _ := e.lines()
 	if err := e.connect(ctx); err != nil {
 		return err
 	}
 	defer e.close()
+	lines, err := e.lines() // with the layout connect found
+	if err != nil {
+		return err
+	}
 	states, err := migrate.Status(ctx, e.pool, lines...)
 	if err != nil {
 		return err
@@ -116,11 +152,14 @@ func migrateDown(ctx context.Context, e *env, _ *flag.FlagSet) error {
 }
 
 func migrateStatus(ctx context.Context, e *env, _ *flag.FlagSet) error {
-	lines, _ := e.lines()
 	if err := e.connect(ctx); err != nil {
 		return err
 	}
 	defer e.close()
+	lines, err := e.lines() // with the layout connect found
+	if err != nil {
+		return err
+	}
 	states, err := migrate.Status(ctx, e.pool, lines...)
 	if err != nil {
 		return err
@@ -149,6 +188,33 @@ func migrateStatus(ctx context.Context, e *env, _ *flag.FlagSet) error {
 	if pending == len(states) {
 		return notMigrated{[]string{"every table"}}
 	}
+	return nil
+}
+
+// migratePartitionInbox converts a single-table inbox to the partitioned
+// layout.
+func migratePartitionInbox(ctx context.Context, e *env, _ *flag.FlagSet) error {
+	if err := e.connect(ctx); err != nil {
+		return err
+	}
+	defer e.close()
+	if err := e.require(ctx, e.inboxTable); err != nil {
+		return err
+	}
+	if inbox.Layout(e.layout) == inbox.LayoutPartitioned {
+		return fmt.Errorf("%s is partitioned already", pgx.Identifier{e.schema, e.inboxTable}.Sanitize())
+	}
+	start := time.Now()
+	conv, err := inbox.ConvertToPartitioned(ctx, e.pool, e.inboxConfig())
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(map[string]any{"copied": conv.Copied, "partitions_created": partitionsJSON(conv.Created), "old_table": conv.Old, "seconds": time.Since(start).Seconds()})
+	}
+	fmt.Fprintf(e.stdout, "converted %s to the partitioned layout in %v: %d tokens copied into %d partitions and the default and other ones\n",
+		pgx.Identifier{e.schema, e.inboxTable}.Sanitize(), time.Since(start).Round(time.Millisecond), conv.Copied, len(conv.Created))
+	fmt.Fprintf(e.stdout, "run every process with inbox.Config.Layout = inbox.LayoutPartitioned; once they claim, drop the old table:\n  DROP TABLE %s;\n", conv.Old)
 	return nil
 }
 
@@ -623,86 +689,292 @@ func (e *env) reportResolved(done, named []int64, resolution string, dryRun bool
 
 // ---- prune
 
-// pruneFloor is the youngest -older-than that prune accepts without -force.
-// Tokens must outlive every redelivery of their messages (days: topic
-// retention, offset expiry, dead-letter replays); a token pruned younger
-// turns the next redelivery into a second application of its effects. An
-// age below an hour is almost certainly a typo (1s for 1d, 30m for 30d).
+// pruneFloor is the youngest age prune accepts without -force. Tokens must
+// outlive every redelivery of their messages (days: topic retention, offset
+// expiry, dead-letter replays); a token pruned younger turns the next
+// redelivery into a second application of its effects. An age below an hour
+// is almost certainly a typo (1s for 1d, 30m for 30d).
 const pruneFloor = time.Hour
 
+// pruneResult is what prune did, or would do with -dry-run.
+type pruneResult struct {
+	Before            *time.Time       `json:"before,omitempty"`
+	DryRun            bool             `json:"dry_run"`
+	Deleted           map[string]int64 `json:"deleted"`
+	Total             int64            `json:"total"`
+	PartitionsDropped []partitionJSON  `json:"partitions_dropped,omitempty"`
+	PartitionsCreated []partitionJSON  `json:"partitions_created,omitempty"`
+	PartitionsBusy    bool             `json:"partitions_busy,omitempty"`
+
+	DeadLettersBefore *time.Time `json:"dead_letters_before,omitempty"`
+	DeadLetters       *int64     `json:"dead_letters,omitempty"`
+	OutboxDeadLetters *int64     `json:"outbox_dead_letters,omitempty"`
+	PublishedBefore   *time.Time `json:"published_before,omitempty"`
+	Published         *int64     `json:"published,omitempty"`
+}
+
 func pruneCmd(fs *flag.FlagSet) handler {
-	olderThan := fs.String("older-than", "", "delete tokens claimed longer ago than this (e.g. 30d, 720h), by the database's clock; required")
-	scope := fs.String("scope", "", "only this scope (default: every scope)")
-	batch := fs.Int("batch", inbox.PruneBatchSizeDefault, "tokens deleted per transaction")
+	olderThan := fs.String("older-than", "", "retire inbox tokens claimed longer ago than this (e.g. 30d, 720h), by the database's clock")
+	deadLetters := fs.String("dead-letters-older-than", "", "delete dead letters (the consumers' and the outbox's) resolved longer ago than this; unresolved ones stay")
+	published := fs.String("published-older-than", "", "delete outbox rows published longer ago than this (kept by relays with KeepPublished)")
+	scope := fs.String("scope", "", "only this scope's tokens (default: every scope); partitions are dropped for every scope")
+	batch := fs.Int("batch", inbox.PruneBatchSizeDefault, "rows deleted per transaction")
+	period := fs.Duration("partition-period", 0, "period of the partitions prune creates in a partitioned inbox (default: the newest partition's, else 24h)")
+	ahead := fs.Int("partitions-ahead", inbox.PartitionsAheadDefault, "periods after the current one whose partitions prune creates in a partitioned inbox")
 	dryRun := fs.Bool("dry-run", false, "count what would be deleted, delete nothing")
-	force := fs.Bool("force", false, fmt.Sprintf("allow an -older-than below %gh", pruneFloor.Hours()))
+	force := fs.Bool("force", false, fmt.Sprintf("allow an age below %gh", pruneFloor.Hours()))
 	return func(ctx context.Context, e *env, _ *flag.FlagSet) error {
-		if *olderThan == "" {
-			return usageError{"prune needs -older-than"}
+		if *olderThan == "" && *deadLetters == "" && *published == "" {
+			return usageError{"prune needs -older-than, -dead-letters-older-than or -published-older-than"}
 		}
-		age, err := parseAge(*olderThan)
-		if err != nil || age <= 0 {
-			return usageError{fmt.Sprintf("-older-than %q is not a positive age like 30d or 720h", *olderThan)}
-		}
-		if age < pruneFloor && !*force {
-			return usageError{fmt.Sprintf("-older-than %s is below %gh: a token pruned that young turns the next redelivery of its message into a second application; pass -force to prune anyway", *olderThan, pruneFloor.Hours())}
+		ages := map[string]time.Duration{}
+		for name, v := range map[string]string{"older-than": *olderThan, "dead-letters-older-than": *deadLetters, "published-older-than": *published} {
+			if v == "" {
+				continue
+			}
+			age, err := parseAge(v)
+			if err != nil || age <= 0 {
+				return usageError{fmt.Sprintf("-%s %q is not a positive age like 30d or 720h", name, v)}
+			}
+			if age < pruneFloor && !*force {
+				return usageError{fmt.Sprintf("-%s %s is below %gh: a token pruned that young turns the next redelivery of its message into a second application; pass -force to prune anyway", name, v, pruneFloor.Hours())}
+			}
+			ages[name] = age
 		}
 		if *batch < 1 {
 			return usageError{"-batch must be positive"}
+		}
+		if *ahead < 0 {
+			return usageError{"-partitions-ahead must not be negative"}
 		}
 		if err := e.connect(ctx); err != nil {
 			return err
 		}
 		defer e.close()
-		if err := e.require(ctx, e.inboxTable); err != nil {
-			return err
-		}
-		cfg := e.inboxConfig()
-		cfg.PruneBatchSize = *batch
-		store, err := inbox.New(e.pool, cfg)
-		if err != nil {
-			return err
-		}
-		scopes := []string{*scope}
-		if *scope == "" {
-			if scopes, err = store.Scopes(ctx); err != nil {
+		res := pruneResult{DryRun: *dryRun, Deleted: map[string]int64{}}
+		var scopes []string
+		if age, ok := ages["older-than"]; ok {
+			var err error
+			if scopes, err = e.pruneTokens(ctx, &res, age, *scope, *batch, *period, *ahead); err != nil {
 				return err
 			}
 		}
-		// The cut-off by the database's clock, which stamped processed_at.
-		var before time.Time
-		if err := e.pool.QueryRow(ctx, e.sql.PruneCutoff, age.Microseconds()).Scan(&before); err != nil {
-			return fmt.Errorf("prune cut-off: %w", err)
-		}
-		result := map[string]int64{}
-		var total int64
-		for _, sc := range scopes {
-			s := store.WithScope(sc)
-			var n int64
-			if *dryRun {
-				n, err = s.PruneCount(ctx, before)
-			} else {
-				n, err = s.Prune(ctx, before)
-			}
-			if err != nil {
+		if age, ok := ages["dead-letters-older-than"]; ok {
+			if err := e.pruneDeadLetters(ctx, &res, age, *batch); err != nil {
 				return err
 			}
-			result[sc] = n
-			total += n
+		}
+		if age, ok := ages["published-older-than"]; ok {
+			if err := e.prunePublished(ctx, &res, age, *batch); err != nil {
+				return err
+			}
 		}
 		if e.json {
-			return e.printJSON(map[string]any{"before": before.UTC(), "dry_run": *dryRun, "deleted": result, "total": total})
+			return e.printJSON(res)
 		}
-		verb := "deleted"
-		if *dryRun {
-			verb = "would delete"
+		e.printPrune(res, scopes)
+		return nil
+	}
+}
+
+// cutoff is now minus age by the database's clock, which stamped the rows.
+func (e *env) cutoff(ctx context.Context, age time.Duration) (time.Time, error) {
+	var before time.Time
+	if err := e.pool.QueryRow(ctx, e.sql.PruneCutoff, age.Microseconds()).Scan(&before); err != nil {
+		return before, fmt.Errorf("prune cut-off: %w", err)
+	}
+	return before, nil
+}
+
+// pruneTokens retires the inbox's tokens older than age: in a partitioned
+// inbox it creates the coming partitions and drops the old ones, then, in
+// either layout, prunes each scope's tokens row by row (in a partitioned
+// inbox, those that no time partition holds). It returns the scopes.
+func (e *env) pruneTokens(ctx context.Context, res *pruneResult, age time.Duration, scope string, batch int, period time.Duration, ahead int) ([]string, error) {
+	if err := e.require(ctx, e.inboxTable); err != nil {
+		return nil, err
+	}
+	before, err := e.cutoff(ctx, age)
+	if err != nil {
+		return nil, err
+	}
+	res.Before = &before
+	cfg := e.inboxConfig()
+	cfg.PruneBatchSize = batch
+	cfg.PartitionsAhead = max(ahead, 0)
+	if ahead == 0 {
+		cfg.PartitionsAhead = -1 // the current period only
+	}
+	store, err := inbox.New(e.pool, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Layout == inbox.LayoutPartitioned {
+		if err := e.maintainPartitions(ctx, res, store, cfg, before, period); err != nil {
+			return nil, err
+		}
+	}
+	scopes := []string{scope}
+	if scope == "" {
+		if scopes, err = store.Scopes(ctx); err != nil {
+			return nil, err
+		}
+	}
+	for _, sc := range scopes {
+		s := store.WithScope(sc)
+		var n int64
+		if res.DryRun {
+			n, err = s.PruneCount(ctx, before)
+		} else {
+			n, err = s.Prune(ctx, before)
+		}
+		if err != nil {
+			return nil, err
+		}
+		res.Deleted[sc] = n
+		res.Total += n
+	}
+	return scopes, nil
+}
+
+// maintainPartitions creates the coming partitions of a partitioned inbox
+// and drops those older than before; with -dry-run it lists what it would
+// drop.
+func (e *env) maintainPartitions(ctx context.Context, res *pruneResult, store *inbox.Store, cfg inbox.Config, before time.Time, period time.Duration) error {
+	existing, err := store.Partitions(ctx)
+	if err != nil {
+		return err
+	}
+	if res.DryRun {
+		var would []inbox.Partition
+		for _, p := range existing {
+			if !p.To.After(before) {
+				would = append(would, p)
+			}
+		}
+		res.PartitionsDropped = partitionsJSON(would)
+		return nil
+	}
+	if period == 0 && len(existing) > 0 {
+		period = existing[len(existing)-1].To.Sub(existing[len(existing)-1].From)
+	}
+	if period != 0 {
+		cfg.PartitionPeriod = period
+		if store, err = inbox.New(e.pool, cfg); err != nil {
+			return err
+		}
+	}
+	created, err := store.CreatePartitions(ctx)
+	if err != nil {
+		return err
+	}
+	dropped, err := store.DropPartitions(ctx, before)
+	if err != nil {
+		return err
+	}
+	res.PartitionsCreated = partitionsJSON(created.Created)
+	res.PartitionsDropped = partitionsJSON(dropped.Dropped)
+	res.PartitionsBusy = created.Busy || dropped.Busy
+	return nil
+}
+
+// pruneDeadLetters deletes the dead letters, the consumers' and the
+// outbox's, resolved longer ago than age.
+func (e *env) pruneDeadLetters(ctx context.Context, res *pruneResult, age time.Duration, batch int) error {
+	if err := e.require(ctx, e.deadLetters, e.outboxTable+"_dead_letters"); err != nil {
+		return err
+	}
+	before, err := e.cutoff(ctx, age)
+	if err != nil {
+		return err
+	}
+	res.DeadLettersBefore = &before
+	var consumer, ob int64
+	if res.DryRun {
+		err = e.count(ctx, e.sql.PruneDeadLettersCount, before, &consumer)
+		if err == nil {
+			err = e.count(ctx, e.sql.PruneOutboxDeadLettersCount, before, &ob)
+		}
+	} else {
+		consumer, err = e.deleteBatches(ctx, e.sql.PruneDeadLetters, before, batch)
+		if err == nil {
+			ob, err = e.deleteBatches(ctx, e.sql.PruneOutboxDeadLetters, before, batch)
+		}
+	}
+	res.DeadLetters, res.OutboxDeadLetters = &consumer, &ob
+	return err
+}
+
+// prunePublished deletes the outbox rows published longer ago than age.
+func (e *env) prunePublished(ctx context.Context, res *pruneResult, age time.Duration, batch int) error {
+	if err := e.require(ctx, e.outboxTable); err != nil {
+		return err
+	}
+	before, err := e.cutoff(ctx, age)
+	if err != nil {
+		return err
+	}
+	res.PublishedBefore = &before
+	var n int64
+	if res.DryRun {
+		err = e.count(ctx, e.sql.PrunePublishedCount, before, &n)
+	} else {
+		n, err = e.deleteBatches(ctx, e.sql.PrunePublished, before, batch)
+	}
+	res.Published = &n
+	return err
+}
+
+func (e *env) count(ctx context.Context, query string, before time.Time, n *int64) error {
+	return e.pool.QueryRow(ctx, query, before).Scan(n)
+}
+
+// deleteBatches runs query (arguments: the cut-off and a batch size) until
+// it deletes fewer rows than batch.
+func (e *env) deleteBatches(ctx context.Context, query string, before time.Time, batch int) (int64, error) {
+	var total int64
+	for {
+		tag, err := e.pool.Exec(ctx, query, before, batch)
+		if err != nil {
+			return total, err
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+func (e *env) printPrune(res pruneResult, scopes []string) {
+	verb := "deleted"
+	if res.DryRun {
+		verb = "would delete"
+	}
+	if res.Before != nil {
+		for _, p := range res.PartitionsCreated {
+			fmt.Fprintf(e.stdout, "created partition %s for tokens of %s to %s\n", p.Name, p.From.Format(time.RFC3339), p.To.Format(time.RFC3339))
+		}
+		dropVerb := "dropped"
+		if res.DryRun {
+			dropVerb = "would drop"
+		}
+		for _, p := range res.PartitionsDropped {
+			fmt.Fprintf(e.stdout, "%s partition %s, tokens of %s to %s\n", dropVerb, p.Name, p.From.Format(time.RFC3339), p.To.Format(time.RFC3339))
+		}
+		if res.PartitionsBusy {
+			fmt.Fprintln(e.stdout, "another process was maintaining the partitions; what it did is not listed")
 		}
 		var rows [][]string
 		for _, sc := range scopes {
-			rows = append(rows, []string{strconv.Quote(sc), strconv.FormatInt(result[sc], 10)})
+			rows = append(rows, []string{strconv.Quote(sc), strconv.FormatInt(res.Deleted[sc], 10)})
 		}
 		e.table("SCOPE\tTOKENS", rows)
-		fmt.Fprintf(e.stdout, "%s %d tokens claimed before %s\n", verb, total, before.UTC().Format(time.RFC3339))
-		return nil
+		fmt.Fprintf(e.stdout, "%s %d tokens claimed before %s\n", verb, res.Total, res.Before.UTC().Format(time.RFC3339))
+	}
+	if res.DeadLettersBefore != nil {
+		fmt.Fprintf(e.stdout, "%s %d dead letters and %d outbox dead letters resolved before %s\n", verb, *res.DeadLetters, *res.OutboxDeadLetters, res.DeadLettersBefore.UTC().Format(time.RFC3339))
+	}
+	if res.PublishedBefore != nil {
+		fmt.Fprintf(e.stdout, "%s %d outbox rows published before %s\n", verb, *res.Published, res.PublishedBefore.UTC().Format(time.RFC3339))
 	}
 }

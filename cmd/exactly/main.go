@@ -111,6 +111,7 @@ func exitCode(err error) int {
 type env struct {
 	uses                                              shared // the shared flags the command takes
 	dsn, schema, inboxTable, deadLetters, outboxTable string
+	layout                                            string // -inbox-layout; "" until connect finds the table's
 	shards                                            int
 	json                                              bool
 	args                                              []string // positional arguments
@@ -121,7 +122,7 @@ type env struct {
 }
 
 func (e *env) inboxConfig() inbox.Config {
-	return inbox.Config{Schema: e.schema, Table: e.inboxTable}
+	return inbox.Config{Schema: e.schema, Table: e.inboxTable, Layout: inbox.Layout(e.layout)}
 }
 
 func (e *env) consumerConfig() consumer.Config {
@@ -166,7 +167,18 @@ func (e *env) connect(ctx context.Context) error {
 		return connectError(cfg.ConnConfig, err)
 	}
 	e.pool = pool
-	if err := sqltmpl.Load(queryFS, "sql", nil, &e.sql); err != nil {
+	if e.uses&useInbox != 0 && e.layout == "" {
+		// The layout of the table as it is; a table not created yet gets
+		// the default one.
+		if l, err := inbox.DetectLayout(ctx, pool, e.inboxConfig()); err == nil {
+			e.layout = string(l)
+		}
+	}
+	if err := sqltmpl.Load(queryFS, "sql", map[string]string{
+		"DeadLetters":       pgx.Identifier{e.schema, e.deadLetters}.Sanitize(),
+		"Outbox":            pgx.Identifier{e.schema, e.outboxTable}.Sanitize(),
+		"OutboxDeadLetters": pgx.Identifier{e.schema, e.outboxTable + "_dead_letters"}.Sanitize(),
+	}, &e.sql); err != nil {
 		return err
 	}
 	e.dl, err = deadletter.New(pool, deadletter.Config{Schema: e.schema, DeadLetterTable: e.deadLetters,
@@ -260,5 +272,11 @@ func parseAge(s string) (time.Duration, error) { return deadletter.ParseAge(s) }
 // queries are the statements rendered from sql/*.sql; the dead letters'
 // are internal/deadletter's.
 type queries struct {
-	PruneCutoff string `sql:"prune_cutoff"`
+	PruneCutoff                 string `sql:"prune_cutoff"`
+	PruneDeadLetters            string `sql:"prune_dead_letters"`
+	PruneDeadLettersCount       string `sql:"prune_dead_letters_count"`
+	PruneOutboxDeadLetters      string `sql:"prune_outbox_dead_letters"`
+	PruneOutboxDeadLettersCount string `sql:"prune_outbox_dead_letters_count"`
+	PrunePublished              string `sql:"prune_published"`
+	PrunePublishedCount         string `sql:"prune_published_count"`
 }

@@ -771,7 +771,7 @@ func runCLI(args ...string) (int, string, string) {
 func TestHelp(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://someone:hunter2@db.example:5432/x")
 	db := []string{"dsn", "json", "schema"}
-	tables := []string{"dead-letter-table", "inbox-table", "outbox-table"}
+	tables := []string{"dead-letter-table", "inbox-layout", "inbox-table", "outbox-table"}
 	kafkaFlags := []string{"brokers", "group", "kafka-ca", "kafka-sasl", "kafka-sasl-plaintext-ok", "kafka-tls", "kafka-user"}
 	filters := []string{"limit", "reason", "since", "until"}
 	want := map[string]struct {
@@ -782,6 +782,7 @@ func TestHelp(t *testing.T) {
 		"migrate down":                {"[flags]", slices.Concat(db, tables)},
 		"migrate status":              {"[flags]", slices.Concat(db, tables)},
 		"migrate sql":                 {"[flags]", slices.Concat([]string{"json", "schema"}, tables)},
+		"migrate partition-inbox":     {"[flags]", slices.Concat(db, []string{"inbox-layout", "inbox-table"})},
 		"status":                      {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards"})},
 		"dead-letters list":           {"[flags]", slices.Concat(db, filters, []string{"dead-letter-table", "scope", "all"})},
 		"dead-letters show":           {"[flags] ID", slices.Concat(db, []string{"dead-letter-table"})},
@@ -792,8 +793,9 @@ func TestHelp(t *testing.T) {
 		"outbox-dead-letters replay":  {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "shards", "topic", "dry-run"})},
 		"outbox-dead-letters discard": {"[flags] [ID...]", slices.Concat(db, filters, []string{"outbox-table", "topic", "dry-run"})},
 		"console":                     {"[flags]", slices.Concat(db, tables, kafkaFlags, []string{"shards", "listen", "path", "read-only"})},
-		"prune":                       {"-older-than AGE [flags]", slices.Concat(db, []string{"inbox-table", "older-than", "scope", "batch", "dry-run", "force"})},
-		"version":                     {"[flags]", []string{"json"}},
+		"prune": {"-older-than AGE [flags]", slices.Concat(db, []string{"dead-letter-table", "inbox-layout", "inbox-table", "outbox-table", "older-than",
+			"dead-letters-older-than", "published-older-than", "scope", "batch", "partition-period", "partitions-ahead", "dry-run", "force"})},
+		"version": {"[flags]", []string{"json"}},
 	}
 	flagRE := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
 	for _, c := range commands {

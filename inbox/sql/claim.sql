@@ -11,7 +11,9 @@ WITH input AS (
 	INSERT INTO {{.Table}} AS t (scope, token, fingerprint, kafka_topic, kafka_partition, kafka_offset)
 	SELECT $1, token, fingerprint, NULLIF(kafka_topic, ''), NULLIF(kafka_partition, -1), NULLIF(kafka_offset, -1)
 	FROM input
-	ON CONFLICT DO NOTHING
+	-- Named, so that this statement fails on a partitioned table (whose
+	-- key is TokenPrimaryKey) instead of claiming under the wrong keys.
+	ON CONFLICT ON CONSTRAINT {{.PrimaryKey}} DO NOTHING
 	RETURNING t.token
 )
 SELECT i.token,

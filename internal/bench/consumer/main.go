@@ -7,12 +7,14 @@
 // in the value. A handler inserts one effects row per message. Variants:
 //
 //	dedup  (a) consumer.New, per-message handler, with the inbox
+//	       (a') the same with a partitioned inbox (inbox.LayoutPartitioned)
 //	plain  (b) the same runner with the inbox switched off
 //	           (consumer.Config.AtLeastOnce): at-least-once
 //	naive  (c) one transaction per message: begin, inbox claim, insert,
 //	           commit, commit the offset; on the first -naive messages
 //	replay (d) after (a), a new group whose inbox scope is (a)'s consumes
 //	           the same backlog again: every message is a duplicate
+//	       (d') the same after (a')
 //	batch  (e) consumer.NewBatch, one COPY of all fresh messages per batch
 //
 // Each measurement runs from Run's start until the group's committed offsets
@@ -94,7 +96,7 @@ var (
 	batchWait   = flag.Duration("batch-wait", consumer.BatchWaitDefault, "consumer.Config.BatchWait for all variants")
 	fetchWait   = flag.Duration("fetch-max-wait", consumer.FetchMaxWaitDefault, "consumer.Config.FetchMaxWait for all variants")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the first round's -profile-variant measurement to this file")
-	profVariant = flag.String("profile-variant", "dedup", "variant the -cpuprofile covers: dedup, plain, naive, replay or batch")
+	profVariant = flag.String("profile-variant", "dedup", "variant the -cpuprofile covers: dedup, dedup_part, plain, naive, replay, replay_part or batch")
 )
 
 type bench struct {
@@ -241,20 +243,25 @@ func (b *bench) main(ctx context.Context) error {
 			return map[string]result{name: r}, nil
 		}}
 	}
-	units := []unit{
-		{"dedup+replay", func(round int) (map[string]result, error) {
-			scope, schema, a, err := b.dedup(ctx, bl, round, profiling("dedup", round))
+	dedupReplay := func(layout inbox.Layout) unit {
+		dedup, replay := variantName("dedup", layout), variantName("replay", layout)
+		return unit{dedup + "+" + replay, func(round int) (map[string]result, error) {
+			scope, schema, a, err := b.dedup(ctx, bl, round, profiling(dedup, round), layout)
 			if err != nil {
 				b.dropSchema(schema)
-				return nil, fmt.Errorf("dedup: %w", err)
+				return nil, fmt.Errorf("%s: %w", dedup, err)
 			}
-			d, err := b.replay(ctx, bl, round, scope, schema, profiling("replay", round))
+			d, err := b.replay(ctx, bl, round, scope, schema, profiling(replay, round), layout)
 			b.dropSchema(schema)
 			if err != nil {
-				return nil, fmt.Errorf("replay: %w", err)
+				return nil, fmt.Errorf("%s: %w", replay, err)
 			}
-			return map[string]result{"dedup": a, "replay": d}, nil
-		}},
+			return map[string]result{dedup: a, replay: d}, nil
+		}}
+	}
+	units := []unit{
+		dedupReplay(inbox.LayoutSingle),
+		dedupReplay(inbox.LayoutPartitioned),
 		single("plain", b.plain),
 		single("naive", b.naive),
 		single("batch", b.batch),
@@ -268,7 +275,7 @@ func (b *bench) main(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("round %d: %w", round+1, err)
 			}
-			for _, name := range []string{"dedup", "replay", "plain", "naive", "batch"} {
+			for _, name := range []string{"dedup", "replay", "dedup_part", "replay_part", "plain", "naive", "batch"} {
 				r, ok := rs[name]
 				if !ok {
 					continue
@@ -294,7 +301,7 @@ func (b *bench) main(ctx context.Context) error {
 			return err
 		}
 		rs, err := b.retrying(ctx, "dedup 1M", func() (map[string]result, error) {
-			_, schema, r, err := b.dedup(ctx, bigBl, -1, false)
+			_, schema, r, err := b.dedup(ctx, bigBl, -1, false, inbox.LayoutSingle)
 			b.dropSchema(schema)
 			return map[string]result{"dedup": r}, err
 		})
@@ -311,10 +318,11 @@ func (b *bench) main(ctx context.Context) error {
 	med := func(name string) result { return medianResult(results[name]) }
 	fmt.Println()
 	fmt.Println(cfgLine)
-	fmt.Printf("\n%-12s %8s %10s %10s %10s %12s %8s %9s %12s   (median of %d rounds)\n",
+	fmt.Printf("\n%-14s %8s %10s %10s %10s %12s %8s %9s %12s   (median of %d rounds; -p: partitioned inbox)\n",
 		"variant", "msgs", "msgs/s", "min", "max", "first_commit", "go_cpu", "host_busy", "peak_rss_mb", *rounds)
 	for _, v := range []struct{ name, label string }{
-		{"dedup", "(a) dedup"}, {"plain", "(b) plain"}, {"naive", "(c) naive"}, {"replay", "(d) replay"}, {"batch", "(e) batch"},
+		{"dedup", "(a) dedup"}, {"dedup_part", "(a') dedup-p"}, {"plain", "(b) plain"}, {"naive", "(c) naive"},
+		{"replay", "(d) replay"}, {"replay_part", "(d') replay-p"}, {"batch", "(e) batch"},
 	} {
 		rs := results[v.name]
 		rates := make([]float64, len(rs))
@@ -322,11 +330,11 @@ func (b *bench) main(ctx context.Context) error {
 			rates[i] = r.rate()
 		}
 		m := med(v.name)
-		fmt.Printf("%-12s %8d %10.0f %10.0f %10.0f %10dms %8.2f %8.0f%% %12d\n",
+		fmt.Printf("%-14s %8d %10.0f %10.0f %10.0f %10dms %8.2f %8.0f%% %12d\n",
 			v.label, m.msgs, m.rate(), slices.Min(rates), slices.Max(rates), m.firstCommit.Milliseconds(), m.goCPU, 100*m.hostBusy, maxRSS(rs)>>20)
 	}
 	if *rss1m {
-		fmt.Printf("%-12s %8d %10.0f %10s %10s %10dms %8.2f %8.0f%% %12d\n",
+		fmt.Printf("%-14s %8d %10.0f %10s %10s %10dms %8.2f %8.0f%% %12d\n",
 			"(a) dedup 1M", big.msgs, big.rate(), "-", "-", big.firstCommit.Milliseconds(), big.goCPU, 100*big.hostBusy, big.peakRSS>>20)
 	}
 	fmt.Println()
@@ -338,10 +346,11 @@ func (b *bench) main(ctx context.Context) error {
 			bl.n/1000, maxRSS(results["dedup"])>>20, hwm200k>>20)
 	}
 	a, bb, c, d, e := med("dedup").rate(), med("plain").rate(), med("naive").rate(), med("replay").rate(), med("batch").rate()
+	ap, dp := med("dedup_part").rate(), med("replay_part").rate()
 	// The ratios are the last line, after everything else, stderr included.
 	log.Printf("total run time %v", time.Since(b.start).Round(time.Second))
-	fmt.Printf("consumer: dedup/plain=%.2f batched/naive=%.1f replay/fresh=%.2f msgs_per_s=%.0f batch_handler_msgs_per_s=%.0f rss_mb=%d\n",
-		a/bb, a/c, d/a, a, e, hwm200k>>20)
+	fmt.Printf("consumer: dedup/plain=%.2f dedup_partitioned/plain=%.2f batched/naive=%.1f replay/fresh=%.2f replay/fresh_partitioned=%.2f msgs_per_s=%.0f batch_handler_msgs_per_s=%.0f rss_mb=%d\n",
+		a/bb, ap/bb, a/c, d/a, dp/ap, a, e, hwm200k>>20)
 	return nil
 }
 
@@ -379,6 +388,15 @@ func (b *bench) retrying(ctx context.Context, name string, fn func() (map[string
 	}
 }
 
+// variantName is the name of a variant run with layout: "dedup" and
+// "dedup_part".
+func variantName(name string, layout inbox.Layout) string {
+	if layout == inbox.LayoutPartitioned {
+		return name + "_part"
+	}
+	return name
+}
+
 func profiling(variant string, round int) bool {
 	return *cpuProfile != "" && round == 0 && variant == *profVariant
 }
@@ -412,13 +430,13 @@ func (b *bench) printSettings(ctx context.Context) {
 
 // ---- the variants ----
 
-func (b *bench) consumerConfig(group, topic, schema, scope string) consumer.Config {
+func (b *bench) consumerConfig(group, topic, schema, scope string, layout inbox.Layout) consumer.Config {
 	return consumer.Config{
 		Brokers:      b.brokers,
 		GroupID:      group,
 		Topics:       []string{topic},
 		Pool:         b.pool,
-		Inbox:        inbox.Config{Schema: schema, Scope: scope},
+		Inbox:        inbox.Config{Schema: schema, Scope: scope, Layout: layout},
 		BatchSize:    *batchSize,
 		BatchWait:    *batchWait,
 		FetchMaxWait: *fetchWait,
@@ -438,12 +456,13 @@ func (b *bench) names(variant string, round int) (group, schema string) {
 	return group, fmt.Sprintf("bench_consumer_%s_%s_%s", variant, r, s)
 }
 
-// dedup runs (a). It leaves the schema in place for replay and returns the
-// inbox scope it used; the caller drops the schema.
-func (b *bench) dedup(ctx context.Context, bl backlog, round int, profile bool) (scope, schema string, r result, err error) {
-	group, schema := b.names("dedup", round)
+// dedup runs (a), or (a') with inbox.LayoutPartitioned. It leaves the
+// schema in place for replay and returns the inbox scope it used; the
+// caller drops the schema.
+func (b *bench) dedup(ctx context.Context, bl backlog, round int, profile bool, layout inbox.Layout) (scope, schema string, r result, err error) {
+	group, schema := b.names(variantName("dedup", layout), round)
 	scope = group // set explicitly, so that replay can name it
-	cfg := b.consumerConfig(group, bl.topic, schema, scope)
+	cfg := b.consumerConfig(group, bl.topic, schema, scope, layout)
 	effects, err := b.prepareSchema(ctx, schema, &cfg)
 	if err != nil {
 		return scope, schema, r, err
@@ -462,11 +481,11 @@ func (b *bench) dedup(ctx context.Context, bl backlog, round int, profile bool) 
 	return scope, schema, r, b.verify(ctx, schema, effects, bl.ends)
 }
 
-// replay runs (d): a new group over the same backlog with (a)'s scope and
-// tables. Every message is a duplicate.
-func (b *bench) replay(ctx context.Context, bl backlog, round int, scope, schema string, profile bool) (result, error) {
-	group, _ := b.names("replay", round)
-	cfg := b.consumerConfig(group, bl.topic, schema, scope)
+// replay runs (d), or (d') after (a'): a new group over the same backlog
+// with (a)'s scope and tables. Every message is a duplicate.
+func (b *bench) replay(ctx context.Context, bl backlog, round int, scope, schema string, profile bool, layout inbox.Layout) (result, error) {
+	group, _ := b.names(variantName("replay", layout), round)
+	cfg := b.consumerConfig(group, bl.topic, schema, scope, layout)
 	effects := pgx.Identifier{schema, "effects"}.Sanitize()
 	var before, maxID int64
 	if err := b.pool.QueryRow(ctx, "SELECT count(*), coalesce(max(id), 0) FROM "+effects).Scan(&before, &maxID); err != nil {
@@ -497,7 +516,7 @@ func (b *bench) replay(ctx context.Context, bl backlog, round int, scope, schema
 func (b *bench) batch(ctx context.Context, bl backlog, round int, profile bool) (result, error) {
 	group, schema := b.names("batch", round)
 	defer b.dropSchema(schema)
-	cfg := b.consumerConfig(group, bl.topic, schema, group)
+	cfg := b.consumerConfig(group, bl.topic, schema, group, inbox.LayoutSingle)
 	effects, err := b.prepareSchema(ctx, schema, &cfg)
 	if err != nil {
 		return result{}, err
@@ -532,7 +551,7 @@ func (b *bench) batch(ctx context.Context, bl backlog, round int, profile bool) 
 func (b *bench) plain(ctx context.Context, bl backlog, round int, profile bool) (result, error) {
 	group, schema := b.names("plain", round)
 	defer b.dropSchema(schema)
-	cfg := b.consumerConfig(group, bl.topic, schema, group)
+	cfg := b.consumerConfig(group, bl.topic, schema, group, inbox.LayoutSingle)
 	cfg.AtLeastOnce = true
 	effects, err := b.prepareSchema(ctx, schema, &cfg)
 	if err != nil {

@@ -1,0 +1,1 @@
+SELECT count(*) FROM {{.Outbox}} WHERE published_at IS NOT NULL AND published_at < $1

@@ -1,0 +1,2 @@
+-- Retention counts by the database's clock, which stamped what it retires.
+SELECT now()

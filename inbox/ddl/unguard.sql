@@ -1,0 +1,1 @@
+ALTER TABLE {{.Default}} DROP CONSTRAINT IF EXISTS {{.Guard}};

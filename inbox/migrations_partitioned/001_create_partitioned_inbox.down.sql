@@ -1,0 +1,2 @@
+DROP TABLE {{.Floor}};
+DROP TABLE {{.Table}};

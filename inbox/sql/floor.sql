@@ -1,0 +1,1 @@
+SELECT floor_token FROM {{.Floor}}
