@@ -38,8 +38,8 @@ import (
 //
 // A process that dies in a lane: before a lane takes messages beyond what
 // the partition's attempt row covers, the row is moved to the watermark and
-// extended MaxPending past the lane's last offset, committed before the
-// lane's handler runs. The next owner finds it, from its committed offset,
+// extended to the last message fetched, committed before the lane's handler
+// runs. The next owner finds it, from its committed offset,
 // and runs up to its end one message at a time, counting attempts, as after
 // a death in a batch (attempts.go).
 
@@ -276,7 +276,10 @@ func (k *keyed) take() []*item {
 }
 
 // cover makes the partition's attempt row cover batch before its handler
-// runs: from the watermark to MaxPending past the batch's last offset.
+// runs: from the watermark to the last message fetched, so that one write
+// covers every batch taken from what is in memory. Not further: the next
+// owner runs the row's range one message at a time, and offsets not yet
+// written would keep it at that until they are.
 func (k *keyed) cover(ctx context.Context, batch []*item) error {
 	last := int64(-1)
 	for _, it := range batch {
@@ -287,7 +290,7 @@ func (k *keyed) cover(ctx context.Context, batch []*item) error {
 	}
 	p := k.p
 	from := k.window[0].msg.Offset
-	upTo := last + int64(p.c.cfg.MaxPending)
+	upTo := k.window[len(k.window)-1].msg.Offset
 	if _, err := p.c.cfg.Pool.Exec(ctx, p.c.sql.AttemptsWindow, p.c.cfg.GroupID, p.topic, p.id, from, upTo); err != nil {
 		return fmt.Errorf("record the lanes' window: %w", err)
 	}

@@ -283,6 +283,32 @@ func TestKeyedHandlerKillsProcess(t *testing.T) {
 	}
 }
 
+// TestKeyedAttemptRowStopsAtFetched: the attempt row a killed member's
+// lanes leave reaches no further than what they fetched, so the next owner
+// runs one message at a time only over offsets a lane may have been running,
+// not until offsets not yet written arrive (with a row MaxPending past the
+// last lane, make demo's order→shipped p50 went from 0.2s to 4s).
+func TestKeyedAttemptRowStopsAtFetched(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	if _, err := b.pool.Exec(context.Background(), "CREATE TABLE "+pgx.Identifier{b.schema, "skips"}.Sanitize()+" (token text NOT NULL, kafka_offset bigint NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	kafkatest.Produce(t, b.writer, msgs("ka", n, 30)...)
+	c := proctest.Start(t, "consumer", "CHILD_SCHEMA="+b.schema, "CHILD_TOPIC="+b.topic, "CHILD_GROUP="+b.cfg.GroupID,
+		"CHILD_BATCH=20", "CHILD_KEYED=4", "CHILD_HOOK=pause-at:consumer.before-db-commit")
+	c.Saw("consumer.before-db-commit", 30*time.Second)
+	c.Kill()
+	var rows, last int64
+	if err := b.pool.QueryRow(context.Background(), "SELECT count(*), coalesce(max(last_offset), -1) FROM "+pgx.Identifier{b.schema, "dead_letters_attempts"}.Sanitize()).Scan(&rows, &last); err != nil {
+		t.Fatal(err)
+	}
+	if rows == 0 || last >= n {
+		t.Fatalf("%d attempt rows reaching offset %d; want a row, reaching no further than the last offset written (%d)", rows, last, n-1)
+	}
+}
+
 func token(s string) []kafka.Header {
 	return []kafka.Header{{Key: "Idempotency-Key", Value: []byte(s)}}
 }

@@ -144,9 +144,13 @@ func (p *partition) run(runCtx, genCtx context.Context) {
 			if !p.assigned {
 				// The lanes keep the attempt row themselves (keyed.go).
 				// A range, not one offset: a row for one offset would read
-				// as an attempt of that message alone.
-				first := pending[0].msg.Offset
-				if err := p.beginAssignment(procCtx, first, first+int64(cfg.MaxPending)); err != nil {
+				// as an attempt of that message alone. Up to what is
+				// fetched: the lanes extend it as they go (keyed.go).
+				first, last := pending[0].msg.Offset, pending[len(pending)-1].msg.Offset
+				if len(queue) > 0 {
+					last = queue[len(queue)-1].msg.Offset
+				}
+				if err := p.beginAssignment(procCtx, first, max(last, first+1)); err != nil {
 					if !p.keyedStartFailed(procCtx, bo, err) {
 						return
 					}
