@@ -180,20 +180,30 @@ type listView struct {
 	PageSize int
 }
 
-func (c *Console) listPage(w http.ResponseWriter, r *http.Request) {
-	k, ok := kindOf(r)
+// listed reads the page of dead letters r asks for; it answers r itself and
+// reports false when it cannot.
+func (c *Console) listed(w http.ResponseWriter, r *http.Request) (k deadletter.Kind, f form, rows []row, dls any, ok bool) {
+	k, ok = kindOf(r)
 	if !ok {
 		c.fail(w, r, http.StatusNotFound, "no such kind of dead letters")
-		return
+		return k, f, nil, nil, false
 	}
 	f, err := readForm(r, k)
 	if err != nil {
 		c.fail(w, r, http.StatusBadRequest, err.Error())
-		return
+		return k, f, nil, nil, false
 	}
-	rows, _, err := c.list(r, k, f)
+	rows, dls, err = c.list(r, k, f)
 	if err != nil {
 		c.failErr(w, r, err)
+		return k, f, nil, nil, false
+	}
+	return k, f, rows, dls, true
+}
+
+func (c *Console) listPage(w http.ResponseWriter, r *http.Request) {
+	k, f, rows, _, ok := c.listed(w, r)
+	if !ok {
 		return
 	}
 	v := listView{Kind: k, Form: f, Rows: rows, Actions: !c.cfg.ReadOnly && (f.State == "" || f.State == "unresolved"),
@@ -206,19 +216,8 @@ func (c *Console) listPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) listAPI(w http.ResponseWriter, r *http.Request) {
-	k, ok := kindOf(r)
+	_, f, rows, dls, ok := c.listed(w, r)
 	if !ok {
-		c.fail(w, r, http.StatusNotFound, "no such kind of dead letters")
-		return
-	}
-	f, err := readForm(r, k)
-	if err != nil {
-		c.fail(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
-	rows, dls, err := c.list(r, k, f)
-	if err != nil {
-		c.failErr(w, r, err)
 		return
 	}
 	out := map[string]any{"dead_letters": dls}
