@@ -64,6 +64,7 @@ type item struct {
 	retryAfter time.Duration     // with KeyConcurrency: its key's wait after its last failure
 	span       trace.Span        // the span of the attempt in progress, if traced
 	lastSpan   trace.SpanContext // the span of its last attempt, for logs
+	parent     context.Context   // the producer's trace context, once read (tracing.go)
 }
 
 func (c *Consumer) newPartition(gen *kafka.Generation, cm *committer, transport *kafka.Transport, topic string, a kafka.PartitionAssignment) *partition {

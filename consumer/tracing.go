@@ -166,9 +166,12 @@ func endBatch(span trace.Span, n int, err error) {
 }
 
 // producer returns a context holding the producer's span context from it's
-// traceparent header, if any (as a remote parent).
+// traceparent header, if any (as a remote parent), read once per message.
 func (it *item) producer() context.Context {
-	return w3c.Extract(context.Background(), headerCarrier(it.msg.Headers))
+	if it.parent == nil {
+		it.parent = w3c.Extract(context.Background(), headerCarrier(it.msg.Headers))
+	}
+	return it.parent
 }
 
 // logContext returns ctx with it's last span, for log records about it.

@@ -53,6 +53,7 @@ type telemetry struct {
 	requests metric.Int64Counter
 	size     metric.Int64Histogram
 	header   string
+	maxKey   int
 }
 
 func newTelemetry(cfg Config) (*telemetry, error) {
@@ -61,7 +62,7 @@ func newTelemetry(cfg Config) (*telemetry, error) {
 		mp = noop.NewMeterProvider()
 	}
 	meter := mp.Meter(instrumentation)
-	t := &telemetry{header: cfg.Header}
+	t := &telemetry{header: cfg.Header, maxKey: cfg.MaxKeyLen}
 	var err error
 	if t.requests, err = meter.Int64Counter(MetricRequests, metric.WithDescription("Requests with or without an idempotency key, by outcome.")); err != nil {
 		return nil, err
@@ -100,7 +101,9 @@ func (t *telemetry) start(r *http.Request) (context.Context, trace.Span) {
 	if r.Pattern != "" {
 		attrs = append(attrs, semconv.HTTPRoute(r.Pattern))
 	}
-	if keys := r.Header.Values(t.header); len(keys) == 1 {
+	// The key as an attribute only when it is one the middleware accepts:
+	// a client's header may be anything up to the server's header limit.
+	if keys := r.Header.Values(t.header); len(keys) == 1 && len(keys[0]) <= t.maxKey && printable(keys[0]) {
 		attrs = append(attrs, attribute.String("exactly.idempotency.key", keys[0]))
 	}
 	return t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))

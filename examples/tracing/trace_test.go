@@ -96,6 +96,15 @@ func TestOneTrace(t *testing.T) {
 		}
 	}
 
+	// A key the middleware refuses is not copied into the span.
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/orders", strings.NewReader(`{}`))
+	req.Header.Set(exactly.Header, strings.Repeat("k", 300))
+	if res, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else if _ = res.Body.Close(); res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a 300-byte key: %s, want 400", res.Status)
+	}
+
 	relay, err := outbox.NewRelay(pool, outbox.RelayConfig{Outbox: obCfg, Brokers: kafkatest.Brokers(), TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +163,9 @@ func TestOneTrace(t *testing.T) {
 
 	request := one("POST /orders", outcome(idempotency.AttrOutcome, "first"))
 	replayed := one("POST /orders", outcome(idempotency.AttrOutcome, "replayed"))
+	if refused := one("POST /orders", outcome(idempotency.AttrOutcome, "invalid_key")); attr(refused, "exactly.idempotency.key") != "" {
+		t.Error("a refused key was copied into the request's span")
+	}
 	create := one("create "+topic, any)
 	send := one("send "+topic, any)
 	fresh := one("handle "+topic, outcome(consumer.AttrOutcome, "fresh"))
